@@ -1,0 +1,246 @@
+"""Base classes of the RecStudio taxonomy, on ``pytorch_lightning.LightningModule``.
+
+- ``Recommender``: the common contract. A model implements ``training_loss(batch)`` and
+  ``score_batch(batch) -> [B, num_items]``; this class supplies optimisers, schedulers, the
+  training/validation/test steps and full-ranking evaluation, so no model repeats them.
+- ``TowerFreeRecommender``: scores come from a joint function of user and item (NCF, EASE,
+  MultiVAE); nothing is assumed about item vectors.
+- ``ItemTowerRecommender``: items are encoded separately (``item_vectors``), queries by
+  ``query_vectors(batch)``, and a scorer joins them. This enables generic sampled losses,
+  model-based samplers and ANN retrieval.
+- ``TwoTowerRecommender``: an item tower whose query is a user tower (``user_vectors``).
+
+Class attributes every concrete model declares: ``family``, ``view``, ``Config`` (a dataclass:
+the model's hyperparameters and their defaults, written once), ``search_space`` (Optuna
+distributions as data, see ``recstudio.tune.space``) and optionally ``default_overrides`` (values
+of the data/train/eval sections this model needs, e.g. ``{"data": {"split": "loo"}}``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.errors import ConfigError
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the run (or trial) fails with this reason."""
+
+
+class Recommender(pl.LightningModule):
+    family: ClassVar[str] = "general"
+    view: ClassVar[str] = "triplet"
+    Config: ClassVar[type]
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_overrides: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        config: Any,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.train_config = train_config or TrainConfig()
+        self.eval_config = eval_config or EvalConfig()
+        self.num_users = data.num_users
+        self.num_items = data.num_items
+        self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_loss_count = 0
+        self.evaluator = None  # set by the pipeline: recstudio.eval.ranking.RankingEvaluator
+        self.epoch_history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ model API
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Return the scalar training loss of one batch of the model's view."""
+        raise NotImplementedError
+
+    def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores of every item for each query in ``batch``: float tensor [B, num_items].
+
+        ``batch`` is an evaluation block: ``user`` [B], ``history_mask`` bool [B, num_items]
+        (items the user has seen, usable as model input), and for sequential models ``seq``
+        [B, L] (chronological history, left-padded with 0) and ``seq_len`` [B].
+        """
+        raise NotImplementedError
+
+    def fit_closed_form(self, data: PreparedData) -> None:
+        """Closed-form / ALS models fit here; called once before training (default: nothing)."""
+
+    @torch.no_grad()
+    def recommend(self, batch: dict[str, torch.Tensor], k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (scores, item ids) per query, with ``history_mask`` items and padding excluded."""
+        scores = self.score_batch(batch).float()
+        scores[:, 0] = -torch.inf
+        if "history_mask" in batch:
+            scores = scores.masked_fill(batch["history_mask"], -torch.inf)
+        return torch.topk(scores, min(k, scores.shape[1]), dim=1)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss_sum = None
+        self._epoch_loss_count = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        loss = self.training_loss(batch)
+        if loss is None:
+            return None
+        detached = loss.detach()
+        self._epoch_loss_sum = detached if self._epoch_loss_sum is None else self._epoch_loss_sum + detached
+        self._epoch_loss_count += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_loss_sum is None:
+            return
+        value = float(self._epoch_loss_sum) / max(1, self._epoch_loss_count)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value} at epoch {self.current_epoch}")
+        self.log("train_loss", value, prog_bar=True, sync_dist=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.evaluator.update(self.score_batch(batch), batch)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None:
+            return
+        metrics = self.evaluator.compute()
+        self.log_dict({f"valid/{k}": v for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        monitor = self.train_config.monitor
+        if monitor in metrics:
+            self.log("monitor", metrics[monitor], prog_bar=True, sync_dist=False)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.evaluator.update(self.score_batch(batch), batch)
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()
+        self.log_dict({f"test/{k}": v for k, v in metrics.items()}, sync_dist=False)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        t = self.train_config
+        lr, wd = t.learning_rate, t.weight_decay
+        if t.learner == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        elif t.learner == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        elif t.learner == "sgd":
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        elif t.learner == "adagrad":
+            opt = torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+        elif t.learner == "rmsprop":
+            opt = torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+        elif t.learner == "sparse_adam":
+            if wd:
+                raise ConfigError("train.learner 'sparse_adam' does not support train.weight_decay")
+            opt = torch.optim.SparseAdam(params, lr=lr)
+        else:  # pragma: no cover - guarded by config validation
+            raise ConfigError(f"unknown train.learner '{t.learner}'")
+        if t.scheduler == "none":
+            return opt
+        if t.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.scheduler_step, gamma=t.scheduler_gamma)
+        elif t.scheduler == "exponential":
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.scheduler_gamma)
+        elif t.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
+        else:  # plateau: on the validation monitor
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=t.scheduler_gamma, patience=max(1, t.scheduler_step // 2)
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "monitor"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class TowerFreeRecommender(Recommender):
+    """User and item interact inside the model; ``score_batch`` is implemented by the model."""
+
+
+class ItemTowerRecommender(Recommender):
+    """Items have their own encoder; a scorer joins query and item vectors.
+
+    Subclasses implement ``item_vectors()`` -> [num_items, d] and ``query_vectors(batch)`` ->
+    [B, d] (or [B, L, d] for sequence models), and build ``self.scorer``, ``self.loss_fn`` and
+    ``self.sampler`` (see ``build_ranking_parts``). ``score_batch`` and ``sampled_loss`` are
+    generic.
+    """
+
+    def item_vectors(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def build_ranking_parts(
+        self, data: PreparedData, scorer: str, loss: str, sampler: str, num_negatives: int
+    ) -> None:
+        """Create scorer, loss and negative sampler from their config names."""
+        from recstudio.model.loss import build_loss
+        from recstudio.model.sampler import build_sampler
+        from recstudio.model.scorer import build_scorer
+
+        self.scorer = build_scorer(scorer)
+        self.loss_fn = build_loss(loss)
+        self.num_negatives = num_negatives
+        self.sampler = build_sampler(sampler, data.num_items, data.item_popularity())
+
+    def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scorer.matrix(self.query_vectors(batch), self.item_vectors())
+
+    def ranking_loss(
+        self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss of flat queries [N, d] against their positive items [N] with the configured loss.
+
+        Full-softmax losses score all items; the others draw ``num_negatives`` items from the
+        sampler (log-probabilities passed along for log-Q correction / importance weights), or
+        use ``neg_items`` [N, K] drawn at load time (static negatives).
+        """
+        items = self.item_vectors()
+        if getattr(self.loss_fn, "needs_all_scores", False):
+            all_scores = self.scorer.matrix(query, items)
+            all_scores[:, 0] = -torch.inf  # padding is never a target
+            return self.loss_fn(all_scores, pos_items)
+        pos_vec = items[pos_items]
+        pos_score = self.scorer(query, pos_vec)
+        if neg_items is None:
+            neg_items, log_q_neg, log_q_pos = self.sampler.sample(
+                pos_items.shape[0], self.num_negatives, pos_items=pos_items, query=query
+            )
+        else:
+            log_q_neg, log_q_pos = self.sampler.log_prob(neg_items), self.sampler.log_prob(pos_items)
+        neg_score = self.scorer.gather(query, items[neg_items])
+        return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+
+
+class TwoTowerRecommender(ItemTowerRecommender):
+    """Item tower plus a user tower: the query is ``user_vectors(batch['user'])``."""
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_vectors(batch["user"])
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.ranking_loss(self.query_vectors(batch), batch["item"], batch.get("neg_item"))
