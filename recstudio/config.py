@@ -194,6 +194,11 @@ def parse_set_option(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; users mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key, value
 
 
@@ -340,16 +345,18 @@ _TOP_LEVEL = ("model", "dataset", "data", "train", "eval")
 
 
 def _resolve_bare_key(key: str, model_cls: type) -> str:
-    """Map a section-less key (``epochs``) to its dotted name (``train.epochs``) if unambiguous."""
+    """Map a section-less key (``epochs``) to its dotted name (``train.epochs``).
+
+    A bare name found in several sections resolves in the order model, train, data, eval
+    (``batch_size`` is the training batch size; use ``eval.batch_size`` for the other).
+    """
     if "." in key or key in _TOP_LEVEL:
         return key
-    owners = [name for name, cls in SECTIONS.items() if key in section_field_names(cls)]
     if key in section_field_names(model_cls.Config):
-        owners.append("model")
-    if len(owners) == 1:
-        return f"{owners[0]}.{key}"
-    if len(owners) > 1:
-        raise ConfigError(f"config key '{key}' is ambiguous: use one of {', '.join(o + '.' + key for o in owners)}")
+        return f"model.{key}"
+    for name in ("train", "data", "eval"):
+        if key in section_field_names(SECTIONS[name]):
+            return f"{name}.{key}"
     raise ConfigError(f"unknown config key '{key}'")
 
 

@@ -27,3 +27,13 @@ class ModelError(RecStudioError):
 
 class TrackingError(RecStudioError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class TrainingError(RecStudioError):
+    """Training failed for a reason worth one line (NaN or infinite loss, out of memory)."""
+
+    exit_code = 1
+
+
+class NonFiniteLossError(TrainingError):
+    """Training produced a NaN or infinite loss; the run (or trial) fails with this reason."""

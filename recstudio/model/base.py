@@ -26,11 +26,7 @@ import torch
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
-from recstudio.errors import ConfigError
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the run (or trial) fails with this reason."""
+from recstudio.errors import ConfigError, NonFiniteLossError
 
 
 class Recommender(pl.LightningModule):
@@ -99,10 +95,16 @@ class Recommender(pl.LightningModule):
         self._epoch_loss_count += 1
         return loss
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_mean_loss(self) -> float | None:
+        """Mean training loss of the current epoch so far (None before the first step)."""
         if self._epoch_loss_sum is None:
+            return None
+        return float(self._epoch_loss_sum) / max(1, self._epoch_loss_count)
+
+    def on_train_epoch_end(self) -> None:
+        value = self.epoch_mean_loss()
+        if value is None:
             return
-        value = float(self._epoch_loss_sum) / max(1, self._epoch_loss_count)
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss is {value} at epoch {self.current_epoch}")
         self.log("train_loss", value, prog_bar=True, sync_dist=False)

@@ -1,0 +1,177 @@
+"""``recstudio run``: train and evaluate one model, tracked as one MLflow run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from recstudio.commands.options import config_flags
+
+
+def common_run_options(func: Any) -> Any:
+    """Options shared by ``run`` and ``tune``."""
+    for option in reversed(
+        [
+            click.option("-m", "--model", help="Model name (see `recstudio models`)."),
+            click.option(
+                "-d", "--dataset", help="Built-in dataset name (ml-100k, ml-1m) or a dataset spec YAML."
+            ),
+            click.option(
+                "--data-dir",
+                type=click.Path(file_okay=False),
+                envvar=None,
+                help="Folder with the raw files (else $RECSTUDIO_DATA_DIR/<name>, then ./datasets/<name>).",
+            ),
+            click.option(
+                "-c",
+                "--config",
+                "config_files",
+                multiple=True,
+                type=click.Path(dir_okay=False),
+                help="Experiment YAML (sections model/dataset/data/train/eval); repeatable, later wins.",
+            ),
+            click.option(
+                "-s",
+                "--set",
+                "set_items",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Override any config key.",
+            ),
+            click.option(
+                "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns)."
+            ),
+            click.option("--experiment", default=None, help="MLflow experiment name."),
+            click.option(
+                "--accelerator",
+                type=click.Choice(["auto", "cpu", "gpu"]),
+                default="auto",
+                show_default=True,
+                help="Where to train; auto picks a GPU when CUDA is available.",
+            ),
+            click.option(
+                "--devices", default="auto", show_default=True, help="Number of devices (GPUs) or 'auto'."
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print one JSON result on stdout (logs go to stderr)."
+            ),
+            click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bar."),
+            click.option("-v", "--verbose", is_flag=True, help="Debug logs and Lightning's own messages."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def build_overrides(set_items: tuple[str, ...], config_flags: dict[str, Any]) -> dict[str, Any]:
+    from recstudio.config import parse_set_option
+
+    overrides: dict[str, Any] = {}
+    for item in set_items:
+        key, value = parse_set_option(item)
+        overrides[key] = value
+    overrides.update(config_flags)  # explicit flags win over --set
+    return overrides
+
+
+def parse_devices(devices: str) -> int | str:
+    from recstudio.errors import ConfigError
+
+    if devices == "auto":
+        return devices
+    try:
+        value = int(devices)
+    except ValueError:
+        raise ConfigError(f"--devices expects a positive integer or 'auto', got '{devices}'") from None
+    if value < 1:
+        raise ConfigError(f"--devices expects a positive integer or 'auto', got '{devices}'")
+    return value
+
+
+def resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags):
+    """Resolve the config exactly as ``recstudio run`` does (also used by ``tune``)."""
+    from recstudio.config import load_yaml, resolve
+    from recstudio.data import load_spec
+
+    file_dataset = None
+    for path in config_files:
+        file_dataset = load_yaml(path).get("dataset", file_dataset)
+    dataset_name = dataset or file_dataset
+    spec_defaults = load_spec(dataset_name, data_dir=data_dir).defaults if dataset_name else None
+    return resolve(
+        model=model,
+        dataset=dataset_name,
+        config_files=list(config_files),
+        overrides=build_overrides(set_items, config_flags),
+        dataset_defaults=spec_defaults,
+    )
+
+
+@click.command("run")
+@common_run_options
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the result is only printed).")
+@config_flags()
+def run_command(
+    model,
+    dataset,
+    data_dir,
+    config_files,
+    set_items,
+    tracking_uri,
+    experiment,
+    accelerator,
+    devices,
+    as_json,
+    quiet,
+    verbose,
+    no_tracking,
+    config_flags,
+) -> None:
+    """Train and evaluate one model with full-ranking metrics, tracked as an MLflow run.
+
+    \b
+    Examples:
+      recstudio run -m BPR -d ml-100k
+      recstudio run -m SASRec -d ml-100k --epochs 50 --set model.num_layers=1
+      recstudio run -m BPR -d my_spec.yaml --config exp.yaml --json
+    """
+    from recstudio.cli import setup_logging
+
+    setup_logging(quiet=quiet or as_json, verbose=verbose)
+    cfg = resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags)
+
+    from recstudio.pipeline import RunOptions, run
+
+    options = RunOptions(
+        data_dir=data_dir,
+        tracking=not no_tracking,
+        tracking_uri=tracking_uri,
+        experiment=experiment or "recstudio",
+        accelerator=accelerator,
+        devices=parse_devices(devices),
+        quiet=quiet or as_json,
+        verbose=verbose,
+    )
+    # Lightning writes its progress bar to stdout; keep stdout for the JSON result only
+    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with redirect:
+        result = run(cfg, options)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        print_summary(result)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    click.echo(f"model {result['model']} on {result['dataset']}: best epoch {result['best_epoch']}")
+    for split in ("valid", "test"):
+        metrics = result.get(split) or {}
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "@10" in k or k == "auc")
+        click.echo(f"  {split:5s} {shown}")
+    if result.get("run_id"):
+        click.echo(f"  MLflow run {result['run_id']}  (recstudio ui to browse)")
+    click.echo(f"  checkpoint {result['checkpoint']}")

@@ -1,0 +1,294 @@
+"""Exact full-ranking evaluation: evaluation splits, per-block batches and the evaluator.
+
+``build_eval_split`` keeps, per evaluated user, the history (train for ``valid``; train+valid for
+``test``) and the targets as CSR arrays, plus the last ``max_seq_len`` history items for
+sequential models. ``EvalSplit.blocks`` turns a block of users into dense masks with one scatter
+each. ``RankingEvaluator.update`` masks padding (and the history), takes one ``topk`` per block,
+and accumulates per-user metric sums; ``compute`` all-reduces them under DDP. Metric definitions
+are in ``recstudio.eval.metrics`` and docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from recstudio.data.dataset import Interactions, PreparedData
+from recstudio.errors import ConfigError
+from recstudio.eval.metrics import (
+    ALL_METRICS,
+    TOPK_METRICS,
+    auc_from_prepared,
+    prepare_scores,
+    row_counts,
+    topk_metrics,
+)
+
+# --------------------------------------------------------------------------- CSR helpers
+
+
+def _subset_csr(
+    indptr: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR of the given rows only (row i of the result is ``rows[i]``), without a Python loop."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    new_indptr = torch.zeros(rows.numel() + 1, dtype=torch.long)
+    torch.cumsum(lengths, 0, out=new_indptr[1:])
+    local = torch.repeat_interleave(torch.arange(rows.numel()), lengths)
+    pos = starts[local] + torch.arange(local.numel()) - new_indptr[:-1][local]
+    return new_indptr, values[pos]
+
+
+def _dense_mask(
+    indptr: torch.Tensor, values: torch.Tensor, start: int, stop: int, num_items: int, device: torch.device
+) -> torch.Tensor:
+    """bool [stop - start, num_items] with the CSR values of rows start..stop-1 set: one scatter."""
+    lengths = indptr[start + 1 : stop + 1] - indptr[start:stop]
+    local = torch.repeat_interleave(torch.arange(stop - start), lengths)
+    flat = local * num_items + values[int(indptr[start]) : int(indptr[stop])]
+    mask = torch.zeros(stop - start, num_items, dtype=torch.bool, device=device)
+    mask.view(-1).index_fill_(0, flat.to(device, non_blocking=True), True)
+    return mask
+
+
+# --------------------------------------------------------------------------- split and blocks
+
+
+@dataclass
+class EvalSplit:
+    """Users with >= 1 target in one split, with their history and targets (CPU tensors).
+
+    Row i describes user ``users[i]``: history items ``history_items[history_indptr[i]:
+    history_indptr[i+1]]`` in chronological order, targets likewise. ``seq`` [U, L] holds the
+    last L history items left-padded with 0 (most recent last) and ``seq_len`` [U] their count,
+    when the split was built with ``max_seq_len``.
+    """
+
+    split: str
+    num_items: int
+    users: torch.Tensor
+    history_indptr: torch.Tensor
+    history_items: torch.Tensor
+    target_indptr: torch.Tensor
+    target_items: torch.Tensor
+    seq: torch.Tensor | None = None
+    seq_len: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.users.numel())
+
+    @property
+    def num_targets(self) -> torch.Tensor:
+        """Number of target rows per user [U] (duplicates included; metrics count distinct)."""
+        return self.target_indptr[1:] - self.target_indptr[:-1]
+
+    def blocks(
+        self, batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
+    ) -> EvalBlocks:
+        """Batches of at most ``batch_size`` users; ``rank``/``world_size`` shard users for DDP.
+
+        Rank r takes the r-th of ``world_size`` contiguous, near-equal slices of the users
+        (disjoint, covering every user once), and every rank yields the same number of blocks so
+        that collective ops inside evaluation steps cannot deadlock (a rank with fewer users than
+        blocks yields empty blocks). ``device`` builds the masks directly there.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"eval batch size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        return EvalBlocks(self, batch_size, rank, world_size, device)
+
+
+class EvalBlocks:
+    """Iterable (with ``__len__``) of evaluation batches of one rank's share of an EvalSplit."""
+
+    def __init__(
+        self, split: EvalSplit, batch_size: int, rank: int, world_size: int, device: torch.device | str | None
+    ) -> None:
+        self.split = split
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        total = len(split)
+        base, extra = divmod(total, world_size)
+        start = rank * base + min(rank, extra)
+        share = base + int(rank < extra)
+        self.num_blocks = math.ceil(math.ceil(total / world_size) / batch_size)
+        self.bounds: list[tuple[int, int]] = []
+        if self.num_blocks:
+            size, bigger = divmod(share, self.num_blocks)
+            for i in range(self.num_blocks):
+                stop = start + size + int(i < bigger)
+                self.bounds.append((start, stop))
+                start = stop
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start, stop in self.bounds:
+            yield self._batch(start, stop)
+
+    def _batch(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        s, dev = self.split, self.device
+        history = _dense_mask(s.history_indptr, s.history_items, start, stop, s.num_items, dev)
+        history[:, 0] = True  # padding is never a candidate
+        batch = {
+            "user": s.users[start:stop].to(dev),
+            "history_mask": history,
+            "target_mask": _dense_mask(s.target_indptr, s.target_items, start, stop, s.num_items, dev),
+        }
+        if s.seq is not None and s.seq_len is not None:
+            batch["seq"] = s.seq[start:stop].to(dev)
+            batch["seq_len"] = s.seq_len[start:stop].to(dev)
+        return batch
+
+
+def _last_items(indptr: torch.Tensor, items: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's last ``max_len`` items left-padded with 0, and their count: [U, L], [U]."""
+    ends = indptr[1:]
+    lengths = ends - indptr[:-1]
+    seq_len = lengths.clamp(max=max_len)
+    col = torch.arange(max_len)
+    pos = ends[:, None] - max_len + col[None, :]  # the chronological tail, right-aligned
+    valid = col[None, :] >= (max_len - seq_len)[:, None]
+    if items.numel() == 0:
+        return torch.zeros(len(lengths), max_len, dtype=torch.long), seq_len
+    seq = torch.where(valid, items[pos.clamp(0, items.numel() - 1)], 0)
+    return seq, seq_len
+
+
+def build_eval_split(data: PreparedData, split: str, max_seq_len: int | None = None) -> EvalSplit:
+    """Evaluation split of ``data``: users with a target in ``split`` ("valid" or "test").
+
+    History is the train split for ``valid`` and train+valid for ``test`` (chronological per user,
+    as PreparedData sorts each split by (user, time)). With ``max_seq_len`` L, ``seq``/``seq_len``
+    hold each user's last L history items for sequential models. History masking itself is the
+    ``RankingEvaluator``'s ``mask_history`` option: models may read ``history_mask`` either way.
+    """
+    if split not in ("valid", "test"):
+        raise ConfigError(f"evaluation split must be 'valid' or 'test', got {split!r}")
+    if isinstance(max_seq_len, bool) or (max_seq_len is not None and max_seq_len < 1):
+        raise ConfigError(f"max_seq_len must be a positive integer or None, got {max_seq_len!r}")
+    targets: Interactions = data.valid if split == "valid" else data.test
+    history = data.train if split == "valid" else Interactions.concat([data.train, data.valid])
+    t_indptr, t_items = targets.csr(data.num_users)
+    h_indptr, h_items = history.csr(data.num_users)
+    counts = t_indptr[1:] - t_indptr[:-1]
+    users = torch.nonzero(counts > 0).flatten()
+    h_indptr, h_items = _subset_csr(h_indptr, h_items, users)
+    t_indptr, t_items = _subset_csr(t_indptr, t_items, users)
+    seq = seq_len = None
+    if max_seq_len is not None:
+        seq, seq_len = _last_items(h_indptr, h_items, max_seq_len)
+    return EvalSplit(split, data.num_items, users, h_indptr, h_items, t_indptr, t_items, seq, seq_len)
+
+
+# --------------------------------------------------------------------------- evaluator
+
+
+class RankingEvaluator:
+    """Accumulates full-ranking metrics over evaluation blocks; means over evaluated users.
+
+    ``update`` excludes padding item 0 always and the history when ``mask_history``, ranks with
+    one ``topk(max(cutoffs))``, and adds per-user metric values to float64 sums kept on the
+    scores' device (no host sync besides AUC's block width). ``compute`` returns
+    ``{"recall@5": ..., "auc": ...}``; under ``torch.distributed`` sums and counts are
+    all-reduced first, so every rank returns the global means.
+    """
+
+    def __init__(self, metrics: list[str], cutoffs: list[int], mask_history: bool = True) -> None:
+        unknown = [m for m in metrics if m not in ALL_METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {unknown}; valid: {', '.join(ALL_METRICS)}")
+        if not metrics:
+            raise ConfigError("at least one evaluation metric is required")
+        cutoffs = list(cutoffs)
+        if any(m in TOPK_METRICS for m in metrics) and (
+            not cutoffs or any(not isinstance(k, int) or k < 1 for k in cutoffs)
+        ):
+            raise ConfigError(f"eval cutoffs must be positive integers, got {cutoffs}")
+        self.topk_names = [m for m in dict.fromkeys(metrics) if m in TOPK_METRICS]
+        self.cutoffs = sorted(set(cutoffs))
+        self.with_auc = "auc" in metrics
+        self.mask_history = mask_history
+        self.keys = [f"{m}@{k}" for m in self.topk_names for k in self.cutoffs]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget accumulated sums (call at the start of every evaluation epoch)."""
+        self._sums: torch.Tensor | None = None  # [len(keys) + auc] float64
+        self._counts: torch.Tensor | None = None  # [users, auc users] float64
+
+    @torch.no_grad()
+    def update(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Add one block: ``scores`` [B, num_items] and its batch (``target_mask``, ``history_mask``).
+
+        Users without a target in the block are skipped. Masked items end at -inf, so a top-k
+        position holding -inf (fewer candidates than the cutoff) is never a hit.
+        """
+        device = scores.device
+        target = batch["target_mask"].to(device, non_blocking=True)
+        history = batch.get("history_mask") if self.mask_history else None
+        if history is not None:
+            history = history.to(device, non_blocking=True)
+        x = prepare_scores(scores, history)
+        if self.with_auc:  # the target list serves both the counts and AUC's queries
+            rows, cols = target.nonzero(as_tuple=True)
+            n_targets = row_counts(rows, target.shape[0])
+        else:
+            n_targets = target.view(torch.uint8).sum(1, dtype=torch.int32)
+        has_target = n_targets > 0
+
+        parts: list[torch.Tensor] = []
+        if self.topk_names:
+            k = min(self.cutoffs[-1], x.shape[1])
+            top_values, top = torch.topk(x, k, dim=1, sorted=True)
+            hits = target.gather(1, top) & (top_values > -math.inf)
+            values = topk_metrics(hits, n_targets, self.topk_names, self.cutoffs)
+            per_user = torch.stack([values[key] for key in self.keys], 1)
+            parts.append((per_user * has_target[:, None]).sum(0))
+        n_auc = torch.zeros((), dtype=torch.float64, device=device)
+        if self.with_auc:
+            auc_values, valid = auc_from_prepared(x, rows, cols)
+            valid &= has_target
+            parts.append(torch.where(valid, auc_values, 0.0).sum().reshape(1))
+            n_auc = valid.sum().to(torch.float64)
+        sums = torch.cat(parts)
+        counts = torch.stack([has_target.sum().to(torch.float64), n_auc])
+        if self._sums is None or self._counts is None:
+            self._sums, self._counts = sums, counts
+        else:
+            self._sums = self._sums + sums.to(self._sums.device)
+            self._counts = self._counts + counts.to(self._counts.device)
+
+    def _reduce_device(self) -> torch.device:
+        if self._sums is not None:
+            return self._sums.device
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def compute(self) -> dict[str, float]:
+        """Mean of every metric over evaluated users (NaN when no user was evaluated)."""
+        n_sums = len(self.keys) + int(self.with_auc)
+        device = self._reduce_device()
+        if self._sums is None or self._counts is None:
+            sums = torch.zeros(n_sums, dtype=torch.float64, device=device)
+            counts = torch.zeros(2, dtype=torch.float64, device=device)
+        else:
+            sums, counts = self._sums, self._counts
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            packed = torch.cat([sums, counts])
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            sums, counts = packed[:n_sums], packed[n_sums:]
+        values = sums.cpu().tolist()
+        n_users, n_auc = counts.cpu().tolist()
+        out = {key: (values[i] / n_users if n_users else math.nan) for i, key in enumerate(self.keys)}
+        if self.with_auc:
+            out["auc"] = values[-1] / n_auc if n_auc else math.nan
+        return out

@@ -1,0 +1,262 @@
+"""Ranking losses, each a module with its formula and reference in the docstring.
+
+Two calling conventions (``ItemTowerRecommender.ranking_loss`` picks by ``needs_all_scores``):
+
+- full: ``loss(all_scores [N, I], target [N])`` when ``needs_all_scores`` is True;
+- sampled: ``loss(pos [N], neg [N, K], log_q_pos=None, log_q_neg=None)``, where ``pos`` are
+  the scores of the positive items, ``neg`` those of K sampled negatives per query, and
+  ``log_q_*`` the sampler's log-probabilities of drawing those items (for log-Q correction and
+  importance weights; losses that do not need them ignore them).
+
+Every loss returns the mean over the N queries, computed with ``logsigmoid``/``logsumexp`` so
+large scores cannot overflow. ``build_loss(name, **options)`` creates one by its config name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstudio.errors import ConfigError
+
+
+class FullSoftmaxLoss(nn.Module):
+    """Full softmax cross-entropy over the whole catalogue.
+
+    L = -s_{target} + log sum_{j in items} exp(s_j). Scores of -inf (padding column 0) drop out.
+    Reference: Covington et al., "Deep Neural Networks for YouTube Recommendations" (RecSys 2016);
+    the exact objective that sampled softmax approximates.
+    """
+
+    needs_all_scores = True
+
+    def forward(self, all_scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(all_scores.float(), target)
+
+
+class SampledLoss(nn.Module):
+    """Base of losses over a positive score [N] and K sampled negative scores [N, K]."""
+
+    needs_all_scores = False
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SampledSoftmaxLoss(SampledLoss):
+    """Sampled softmax with log-Q correction.
+
+    With o_i = s_i - log q(i) (the correction applied when ``log_q_*`` is given):
+    L = -o_pos + log(exp(o_pos) + sum_k exp(o_k)). Subtracting log q makes the sampled partition
+    function an unbiased-in-the-limit estimate of the full one, so popular (often sampled) items
+    are not over-penalised.
+    References: Bengio & Senecal, "Adaptive Importance Sampling to Accelerate Training of a
+    Neural Probabilistic Language Model" (IEEE TNN 2008); Yi et al., "Sampling-Bias-Corrected
+    Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019).
+    """
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if log_q_pos is not None:
+            pos = pos - log_q_pos
+        if log_q_neg is not None:
+            neg = neg - log_q_neg
+        logits = torch.cat([pos.unsqueeze(-1), neg], -1)
+        return (torch.logsumexp(logits, -1) - pos).mean()
+
+
+class BPRLoss(SampledLoss):
+    """Bayesian personalised ranking: L = -(1/K) sum_k log sigmoid(s_pos - s_k).
+
+    Reference: Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback" (UAI 2009).
+    """
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
+
+
+class BCELoss(SampledLoss):
+    """Binary cross-entropy, positives labelled 1 and sampled negatives 0.
+
+    L = -log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
+    between the two terms does not depend on K).
+    Reference: He et al., "Neural Collaborative Filtering" (WWW 2017).
+    """
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return (-F.logsigmoid(pos) - F.logsigmoid(-neg).mean(-1)).mean()
+
+
+class HingeLoss(SampledLoss):
+    """Pairwise hinge: L = (1/K) sum_k max(0, margin - s_pos + s_k).
+
+    Reference: Hsieh et al., "Collaborative Metric Learning" (WWW 2017); Weston et al. (2011).
+    """
+
+    def __init__(self, margin: float = 1.0) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return F.relu(self.margin - pos.unsqueeze(-1) + neg).mean()
+
+
+class WARPLoss(SampledLoss):
+    """Weighted approximate-rank pairwise loss.
+
+    With v the number of sampled negatives that violate the margin (s_k > s_pos - margin), the
+    positive's rank is estimated as r = floor(v * (num_items - 1) / K) (r = v when ``num_items``
+    is not given) and the hinge over the violators is weighted by L(r) = sum_{j<=r} 1/j:
+    L = L(r) * (1/max(v, 1)) * sum_k max(0, margin - s_pos + s_k). Positives ranked far down get
+    large weights; those already on top get none. The weight is a count (no gradient).
+    Reference: Weston, Bengio & Usunier, "WSABIE: Scaling Up to Large Vocabulary Image
+    Annotation" (IJCAI 2011).
+    """
+
+    def __init__(self, margin: float = 1.0, num_items: int | None = None) -> None:
+        super().__init__()
+        self.margin = margin
+        self.num_items = num_items
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hinge = F.relu(self.margin - pos.unsqueeze(-1) + neg)
+        violations = (hinge > 0).sum(-1).to(hinge.dtype)
+        rank = violations
+        if self.num_items is not None:
+            rank = torch.floor(violations * (self.num_items - 1) / neg.shape[-1])
+        # harmonic number H(r) = digamma(r + 1) + Euler-Mascheroni constant (H(0) = 0)
+        weight = torch.special.digamma(rank + 1.0) + 0.5772156649015329
+        return (weight * hinge.sum(-1) / violations.clamp_min(1.0)).mean()
+
+
+class InfoNCELoss(SampledLoss):
+    """InfoNCE: softmax cross-entropy of the positive among itself and K negatives at temperature t.
+
+    L = -s_pos / t + log(exp(s_pos / t) + sum_k exp(s_k / t)); no log-Q correction (use
+    ``sampled_softmax`` for that).
+    Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding"
+    (2018).
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"infonce temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = torch.cat([pos.unsqueeze(-1), neg], -1) / self.temperature
+        return (torch.logsumexp(logits, -1) - logits[..., 0]).mean()
+
+
+class WeightedSquareLoss(SampledLoss):
+    """Weighted square loss of implicit-feedback matrix factorisation (WRMF) on sampled items.
+
+    L = c * (s_pos - 1)^2 + w * (1/K) sum_k s_k^2 with positive confidence c = 1 + alpha and
+    negative weight w: observed entries are fitted to 1 with confidence c, unobserved ones to 0.
+    Reference: Hu, Koren & Volinsky, "Collaborative Filtering for Implicit Feedback Datasets"
+    (ICDM 2008).
+    """
+
+    def __init__(self, alpha: float = 1.0, negative_weight: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.negative_weight = negative_weight
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        pos_term = (1.0 + self.alpha) * (pos - 1.0) ** 2
+        return (pos_term + self.negative_weight * (neg**2).mean(-1)).mean()
+
+
+class PRISLoss(SampledLoss):
+    """BPR with importance-weighted negatives (PRIS).
+
+    w_k = softmax_k(s_k - log q(k)) (detached), L = -sum_k w_k log sigmoid(s_pos - s_k): hard
+    negatives (high score) get large weights, corrected for how often the sampler proposes them.
+    Without ``log_q_neg`` the weights are softmax_k(s_k).
+    Reference: Lian, Liu & Chen, "Personalized Ranking with Importance Sampling" (WWW 2020).
+    """
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = neg.detach() if log_q_neg is None else neg.detach() - log_q_neg
+        weight = torch.softmax(logits, -1)
+        return -(weight * F.logsigmoid(pos.unsqueeze(-1) - neg)).sum(-1).mean()
+
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "softmax": FullSoftmaxLoss,
+    "sampled_softmax": SampledSoftmaxLoss,
+    "bpr": BPRLoss,
+    "bce": BCELoss,
+    "hinge": HingeLoss,
+    "warp": WARPLoss,
+    "infonce": InfoNCELoss,
+    "wrmf": WeightedSquareLoss,
+    "pris": PRISLoss,
+}
+
+
+def build_loss(name: str, **options: Any) -> nn.Module:
+    """Loss by config name; ``options`` go to its constructor (``margin``, ``temperature``, ...)."""
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss '{name}'; valid losses: {', '.join(LOSSES)}")
+    try:
+        return LOSSES[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for loss '{name}': {exc}") from None

@@ -1,0 +1,383 @@
+"""The one place that wires an experiment end to end.
+
+``run(cfg, options)`` prepares data (parquet cache), builds the model from the registry, trains it
+with the Lightning ``Trainer`` (early stopping and a best-epoch checkpoint on the validation
+monitor), evaluates the test split once at that checkpoint, and records everything in one MLflow
+run. ``recstudio run``, ``recstudio.run()`` and every ``recstudio tune`` trial go through it, so a
+trial and a single run cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recstudio.config import ResolvedConfig, resolve
+from recstudio.errors import TrainingError
+
+log = logging.getLogger("recstudio")
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to run (the config): never hyperparameters."""
+
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "recstudio"
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    extra_tags: dict[str, str] = field(default_factory=dict)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    quiet: bool = False
+    verbose: bool = False
+    checkpoint_dir: str | None = None
+    callbacks: list[Any] = field(default_factory=list)
+    """Extra Lightning callbacks (e.g. Optuna pruning)."""
+
+
+def _seq_len(cfg: ResolvedConfig) -> int | None:
+    return getattr(cfg.model, "max_seq_len", None)
+
+
+def _resolve_devices(options: RunOptions) -> tuple[str, int | str]:
+    import torch
+
+    accelerator = options.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        log.warning("accelerator 'gpu' requested but CUDA is not available; using CPU")
+        accelerator = "cpu"
+    devices = options.devices
+    if devices == "auto":
+        devices = 1
+    return accelerator, devices
+
+
+class _EpochRecorder:
+    """Lightning callback: per-epoch loss/metrics/timings into a list and (async) into MLflow."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # build the subclass lazily (Lightning import)
+        import pytorch_lightning as pl
+
+        class EpochRecorder(pl.Callback):
+            def __init__(self, tracker: Any, monitor: str) -> None:
+                self.tracker = tracker
+                self.monitor = monitor
+                self.history: list[dict[str, float]] = []
+                self.train_seconds: list[float] = []
+                self.valid_seconds: list[float] = []
+                self._t0 = 0.0
+                self._v0 = 0.0
+                self._row: dict[str, float] = {}
+
+            def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                self._t0 = time.perf_counter()
+                self._row = {"epoch": trainer.current_epoch}
+
+            def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                # Lightning runs validation inside the epoch, before this hook: subtract it
+                elapsed = time.perf_counter() - self._t0 - self._row.get("valid_seconds", 0.0)
+                self.train_seconds.append(elapsed)
+                # callbacks run before the module's own epoch-end hook: read its accumulator
+                loss = pl_module.epoch_mean_loss()
+                if loss is not None:
+                    self._row["train_loss"] = loss
+                self._row["train_seconds"] = elapsed
+                self.history.append(self._row)
+                if self.tracker is not None:
+                    metrics = {k: v for k, v in self._row.items() if k != "epoch"}
+                    self.tracker.log_metrics(metrics, step=trainer.current_epoch, synchronous=False)
+
+            def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                self._v0 = time.perf_counter()
+
+            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+                # after the module's on_validation_epoch_end has computed and logged the metrics
+                if trainer.sanity_checking:
+                    return
+                seconds = time.perf_counter() - self._v0
+                self.valid_seconds.append(seconds)
+                self._row["valid_seconds"] = seconds
+                for key, value in trainer.callback_metrics.items():
+                    if key.startswith("valid/"):
+                        self._row[key] = float(value)
+
+        return EpochRecorder(*args, **kwargs)
+
+
+def _tame_lightning_logs(verbose: bool) -> None:
+    """Lightning sets its loggers to INFO on import (GPU/TPU banners, tips): keep them for -v."""
+    import warnings
+
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned.*None.*")
+
+
+def _best_epoch(history: list[dict[str, float]], monitor_key: str) -> dict[str, float] | None:
+    rows = [r for r in history if monitor_key in r and math.isfinite(r[monitor_key])]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r[monitor_key], -r["epoch"]))
+
+
+def run(
+    cfg: ResolvedConfig, options: RunOptions | None = None, data: Any = None, trial: Any = None
+) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the result dict (``--json`` output)."""
+    options = options or RunOptions()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    tracker = None
+    if options.tracking:
+        from recstudio import __version__
+        from recstudio.track.tracker import Tracker, git_commit
+
+        tags = {
+            "model": cfg.model_name,
+            "dataset": cfg.dataset,
+            "recstudio.version": __version__,
+            **options.extra_tags,
+        }
+        commit = git_commit()
+        if commit:
+            tags["git.commit"] = commit
+        tracker = Tracker(
+            options.tracking_uri,
+            experiment=options.experiment,
+            run_name=options.run_name or f"{cfg.model_name}-{Path(cfg.dataset).stem}",
+            parent_run_id=options.parent_run_id,
+            tags=tags,
+        )
+        tracker.log_params(cfg.flat())
+        tracker.log_text(cfg.to_yaml(), "config.yaml")
+
+    try:
+        result = _run_tracked(cfg, options, data, trial, tracker, timings)
+    except BaseException as exc:
+        if tracker is not None:
+            status = "KILLED" if _is_pruned(exc) else "FAILED"
+            try:
+                tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+                tracker.end(status)
+            except Exception:  # the original error matters more than a tracking failure
+                log.exception("could not close MLflow run %s", tracker.run_id)
+        raise
+    timings["total_seconds"] = time.perf_counter() - t_start
+    result["timings"] = timings
+    if tracker is not None:
+        tracker.log_dict(result, "metrics.json")
+        tracker.end("FINISHED")
+    return result
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    return type(exc).__name__ == "TrialPruned"
+
+
+def _run_tracked(
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    data: Any,
+    trial: Any,
+    tracker: Any,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    _tame_lightning_logs(options.verbose)
+    from recstudio.data.views import build_view
+    from recstudio.eval.ranking import RankingEvaluator, build_eval_split
+    from recstudio.model.registry import get_model_class
+
+    # ---------------------------------------------------------------- data
+    t0 = time.perf_counter()
+    if data is None:
+        from recstudio.data import prepare
+
+        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
+    timings["data_seconds"] = time.perf_counter() - t0
+    if tracker is not None:
+        tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
+
+    # ---------------------------------------------------------------- model
+    pl.seed_everything(cfg.train.seed, workers=False, verbose=False)
+    model_cls = get_model_class(cfg.model_name)
+    model = model_cls(cfg.model, data, cfg.train, cfg.eval)
+    seq_len = _seq_len(cfg)
+    model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
+
+    accelerator, devices = _resolve_devices(options)
+    rank, world = 0, 1  # DDP sharding is set up by the strategy (issue: multi-GPU)
+    train_view = build_view(
+        model_cls.view,
+        data,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        static_negatives=cfg.train.static_negatives,
+        max_len=seq_len or 50,
+        rank=rank,
+        world_size=world,
+    )
+    valid_split = build_eval_split(data, "valid", max_seq_len=seq_len)
+    test_split = build_eval_split(data, "test", max_seq_len=seq_len)
+    has_valid = len(valid_split.users) > 0
+    valid_loader = valid_split.blocks(cfg.eval.batch_size) if has_valid else None
+    test_loader = test_split.blocks(cfg.eval.batch_size)
+
+    t0 = time.perf_counter()
+    model.fit_closed_form(data)
+    timings["closed_form_seconds"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- trainer
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    ckpt_root = Path(options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-"))
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    recorder = _EpochRecorder(tracker, cfg.train.monitor)
+    callbacks: list[Any] = [recorder, *options.callbacks]
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_root),
+        filename="best",
+        monitor="monitor" if has_valid else None,
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        save_last=False,
+        enable_version_counter=False,
+    )
+    callbacks.append(checkpoint)
+    if has_valid and cfg.train.early_stop_patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor="monitor",
+                mode="max",
+                patience=cfg.train.early_stop_patience,
+                check_on_train_epoch_end=False,
+                check_finite=False,
+            )
+        )
+    show_progress = not options.quiet
+    if show_progress:
+        from pytorch_lightning.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_view) // 4)))
+    trainer = pl.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=show_progress,
+        enable_model_summary=options.verbose,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=cfg.train.val_every,
+        gradient_clip_val=cfg.train.gradient_clip,
+        limit_val_batches=1.0 if has_valid else 0,
+        deterministic=False,
+        default_root_dir=str(ckpt_root),
+        enable_checkpointing=True,
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(model, train_dataloaders=train_view, val_dataloaders=valid_loader)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(f"out of memory while training {cfg.model_name}: {exc}") from exc
+    timings["fit_seconds"] = time.perf_counter() - t0
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+    # ---------------------------------------------------------------- best checkpoint -> test
+    best_path = checkpoint.best_model_path or ""
+    if not best_path:
+        best_path = str(ckpt_root / "best.ckpt")
+        trainer.save_checkpoint(best_path, weights_only=True)
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    monitor_key = f"valid/{cfg.train.monitor}"
+    best_row = _best_epoch(recorder.history, monitor_key)
+
+    t0 = time.perf_counter()
+    trainer.test(model, dataloaders=test_loader, verbose=False)
+    timings["test_seconds"] = time.perf_counter() - t0
+    test_metrics = {
+        k[len("test/") :]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+    }
+    valid_metrics = (
+        {k[len("valid/") :]: v for k, v in best_row.items() if k.startswith("valid/")} if best_row else {}
+    )
+    for name, values in (("train_epoch", recorder.train_seconds), ("valid_pass", recorder.valid_seconds)):
+        if values:
+            timings[f"{name}_seconds_mean"] = statistics.fmean(values)
+            timings[f"{name}_seconds_median"] = statistics.median(values)
+
+    result: dict[str, Any] = {
+        "run_id": tracker.run_id if tracker else None,
+        "model": cfg.model_name,
+        "dataset": cfg.dataset,
+        "checkpoint": best_path,
+        "best_epoch": int(best_row["epoch"]) if best_row else trainer.current_epoch - 1,
+        "epochs": len(recorder.train_seconds),
+        "valid": valid_metrics,
+        "test": test_metrics,
+        "data": data.summary(),
+        "cache_key": data.cache_key,
+    }
+    if tracker is not None:
+        tracker.log_metrics({f"test/{k}": v for k, v in test_metrics.items()}, step=result["best_epoch"])
+        tracker.log_metrics(
+            {f"best_valid/{k}": v for k, v in valid_metrics.items()}, step=result["best_epoch"]
+        )
+        tracker.log_artifact(best_path, "checkpoints")
+        result["checkpoint"] = tracker.artifact_location(f"checkpoints/{Path(best_path).name}")
+    return result
+
+
+def run_prepared(
+    model: str,
+    data: Any,
+    overrides: dict[str, Any] | None = None,
+    tracking: bool = False,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Run on an in-memory PreparedData (tests, notebooks): no cache, tracking off by default."""
+    cfg = resolve(model=model, dataset=data.name, overrides=overrides or {})
+    return run(cfg, RunOptions(tracking=tracking, quiet=quiet), data=data)
+
+
+def run_from_options(
+    model: str,
+    dataset: str,
+    config: str | list[str] | None = None,
+    data_dir: str | None = None,
+    tracking_uri: str | None = None,
+    quiet: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The Python API behind ``recstudio.run``: ``train__epochs=5`` means ``train.epochs=5``."""
+    from recstudio.data import load_spec
+
+    spec = load_spec(dataset, data_dir=data_dir)
+    dotted = {k.replace("__", "."): v for k, v in overrides.items()}
+    files = [config] if isinstance(config, str) else list(config or [])
+    cfg = resolve(
+        model=model, dataset=dataset, config_files=files, overrides=dotted, dataset_defaults=spec.defaults
+    )
+    return run(cfg, RunOptions(data_dir=data_dir, tracking_uri=tracking_uri, quiet=quiet))

@@ -1,0 +1,173 @@
+"""MLflow run lifecycle: one ``Tracker`` per run, built on ``MlflowClient`` (no global state).
+
+The fluent ``mlflow.start_run`` API keeps an active-run stack per process; trials of a study
+and parallel workers are simpler and safer with explicit run ids, so everything here passes
+``run_id`` around.
+
+Embedded default: MLflow 3 refuses the old ``./mlruns`` file store, so without a tracking URI
+we use SQLite at ``./mlruns/mlflow.db`` with artifacts in ``./mlruns/artifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from recstudio.errors import TrackingError
+
+log = logging.getLogger("recstudio.track")
+
+DEFAULT_MLRUNS = "mlruns"
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(mlruns_dir: str | Path = DEFAULT_MLRUNS) -> str:
+    path = Path(mlruns_dir).resolve()
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``--tracking-uri`` beats ``MLFLOW_TRACKING_URI`` beats the embedded SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store; servers decide their own (proxied) location."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_root(tracking_uri))
+    except Exception:  # another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """One MLflow run: params, per-epoch metrics (step = epoch), final metrics, tags, artifacts."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "recstudio",
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        try:
+            self.client = _client(self.tracking_uri)
+            self.experiment_id = get_or_create_experiment(self.client, experiment, self.tracking_uri)
+            run_tags = dict(tags or {})
+            if parent_run_id:
+                run_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+        except Exception as exc:
+            raise TrackingError(f"cannot open MLflow tracking store '{self.tracking_uri}': {exc}") from exc
+        self.run_id: str = run.info.run_id
+        self.artifact_uri: str = run.info.artifact_uri
+        self._pending: list[Any] = []
+
+    # ------------------------------------------------------------------ logging
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, synchronous: bool = True) -> None:
+        """Log metrics; ``synchronous=False`` queues them (per-epoch logging stays off the hot path)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            op = self.client.log_batch(
+                self.run_id, metrics=items[start : start + 1000], synchronous=synchronous
+            )
+            if op is not None:
+                self._pending.append(op)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+    def flush(self) -> None:
+        for op in self._pending:
+            op.wait()
+        self._pending.clear()
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run: FINISHED, FAILED or KILLED."""
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def artifact_location(self, artifact_path: str) -> str:
+        """A local path when artifacts live on this disk, else the artifact URI."""
+        uri = f"{self.artifact_uri.rstrip('/')}/{artifact_path}"
+        if uri.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            return unquote(urlparse(uri).path)
+        return uri
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . / and space; '@' is not allowed
+    return key.replace("@", "_at_")
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def git_commit() -> str | None:
+    """The source checkout's commit, when RecStudio runs from a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

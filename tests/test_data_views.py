@@ -1,0 +1,142 @@
+"""Training views: batch keys and shapes, padding, shifting, epochs, DDP shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recstudio.data.dataset import Interactions, PreparedData
+from recstudio.data.views import build_view
+from recstudio.errors import ConfigError
+
+
+def _data() -> PreparedData:
+    """Users 1..4, items 1..9. Train sequences (by time): u1 = 5 3 7 2, u2 = 4, u3 = none, u4 = 6 8."""
+    user = torch.tensor([1, 1, 1, 1, 2, 4, 4])
+    item = torch.tensor([5, 3, 7, 2, 4, 6, 8])
+    train = Interactions(user, item, torch.ones(7), torch.arange(7, dtype=torch.float64))
+    empty = Interactions(
+        *(torch.zeros(0, dtype=t) for t in (torch.long, torch.long, torch.float32, torch.float64))
+    )
+    return PreparedData(
+        name="toy",
+        num_users=5,
+        num_items=10,
+        train=train,
+        valid=empty,
+        test=empty,
+        user_vocab=[None, 1, 2, 3, 4],
+        item_vocab=[None, *range(1, 10)],
+    )
+
+
+def _epoch(view) -> list[dict[str, torch.Tensor]]:
+    return list(iter(view))
+
+
+def test_triplet_batches_cover_rows_once_per_epoch_with_new_order() -> None:
+    data = _data()
+    view = build_view("triplet", data, batch_size=3, seed=7)
+    assert len(view) == 3
+    first = _epoch(view)
+    assert [len(b["user"]) for b in first] == [3, 3, 1]
+    assert set(first[0]) == {"user", "item", "rating"} and first[0]["rating"].dtype == torch.float32
+    pairs = sorted(
+        zip(torch.cat([b["user"] for b in first]).tolist(), torch.cat([b["item"] for b in first]).tolist())
+    )
+    assert pairs == sorted(zip(data.train.user.tolist(), data.train.item.tolist()))
+    second = _epoch(view)
+    assert not torch.equal(torch.cat([b["item"] for b in first]), torch.cat([b["item"] for b in second]))
+    replay = build_view("triplet", data, batch_size=3, seed=7)
+    assert torch.equal(torch.cat([b["item"] for b in _epoch(replay)]), torch.cat([b["item"] for b in first]))
+    replay.set_epoch(1)
+    assert torch.equal(torch.cat([b["item"] for b in _epoch(replay)]), torch.cat([b["item"] for b in second]))
+
+
+def test_triplet_static_negatives() -> None:
+    view = build_view("triplet", _data(), batch_size=4, seed=0, static_negatives=5)
+    batch = next(iter(view))
+    assert batch["neg_item"].shape == (4, 5)
+    all_neg = view.neg_item
+    assert all_neg.min() >= 1 and all_neg.max() <= 9  # never padding id 0
+
+
+def test_user_view_history_multi_hot() -> None:
+    view = build_view("user", _data(), batch_size=8, seed=0)
+    assert len(view) == 1
+    batch = next(iter(view))
+    assert sorted(batch["user"].tolist()) == [1, 2, 4]  # user 3 has no training items
+    assert batch["history"].shape == (3, 10) and batch["history"].dtype == torch.float32
+    rows = {
+        u: set(torch.nonzero(h).flatten().tolist()) for u, h in zip(batch["user"].tolist(), batch["history"])
+    }
+    assert rows == {1: {2, 3, 5, 7}, 2: {4}, 4: {6, 8}}
+
+
+def test_seq_view_left_padded_most_recent_last() -> None:
+    view = build_view("seq", _data(), batch_size=8, seed=0, max_len=3)
+    batch = next(iter(view))
+    by_user = {
+        u: (s.tolist(), n) for u, s, n in zip(batch["user"].tolist(), batch["seq"], batch["seq_len"].tolist())
+    }
+    assert by_user == {1: ([3, 7, 2], 3), 2: ([0, 0, 4], 1), 4: ([0, 6, 8], 2)}
+
+
+def test_seq2seq_view_shifts_by_one() -> None:
+    view = build_view("seq2seq", _data(), batch_size=8, seed=0, max_len=4)
+    batch = next(iter(view))
+    assert set(batch) == {"user", "seq", "target", "seq_len"}
+    got = {
+        u: (s.tolist(), t.tolist(), n)
+        for u, s, t, n in zip(
+            batch["user"].tolist(), batch["seq"], batch["target"], batch["seq_len"].tolist()
+        )
+    }
+    # user 2 has a single item: no (input, target) pair, so it is left out
+    assert got == {1: ([0, 5, 3, 7], [0, 3, 7, 2], 3), 4: ([0, 0, 0, 6], [0, 0, 0, 8], 1)}
+    short = next(iter(build_view("seq2seq", _data(), batch_size=8, seed=0, max_len=2)))
+    row = short["user"].tolist().index(1)
+    assert short["seq"][row].tolist() == [3, 7] and short["target"][row].tolist() == [7, 2]
+
+
+def test_als_view_alternates_user_and_item_blocks() -> None:
+    view = build_view("als", _data(), batch_size=3, seed=0)
+    batches = _epoch(view)
+    assert len(view) == len(batches) == 2 + 3
+    sides = [int(b["side"]) for b in batches]
+    assert sides == [0, 0, 1, 1, 1] and batches[0]["side"].dim() == 0
+    users = torch.cat([b["ids"] for b in batches if int(b["side"]) == 0])
+    items = torch.cat([b["ids"] for b in batches if int(b["side"]) == 1])
+    assert sorted(users.tolist()) == [1, 2, 3, 4] and sorted(items.tolist()) == list(range(1, 10))
+
+
+@pytest.mark.parametrize("name", ["triplet", "user", "seq", "seq2seq", "als"])
+def test_ddp_shards_are_disjoint_and_equal(name: str) -> None:
+    data = _data()
+    views = [build_view(name, data, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    assert len(views[0]) == len(views[1])
+    key = "ids" if name == "als" else "user" if name != "triplet" else None
+    shares = []
+    for view in views:
+        batches = _epoch(view)
+        if key is None:  # triplet rows are identified by (user, item)
+            share = list(
+                zip(
+                    torch.cat([b["user"] for b in batches]).tolist(),
+                    torch.cat([b["item"] for b in batches]).tolist(),
+                )
+            )
+        else:
+            share = [(int(b.get("side", 0)), i) for b in batches for i in b[key].tolist()]
+        shares.append(share)
+    assert len(shares[0]) == len(shares[1])
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_unknown_view_and_bad_options() -> None:
+    with pytest.raises(ConfigError, match="unknown dataset view 'graph'.*triplet, user, seq, seq2seq, als"):
+        build_view("graph", _data(), 4, 0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        build_view("triplet", _data(), 0, 0)
+    with pytest.raises(ConfigError, match="rank"):
+        build_view("triplet", _data(), 4, 0, rank=2, world_size=2)
