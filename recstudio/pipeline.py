@@ -144,6 +144,14 @@ def run(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
+    # data first: a missing or malformed file is bad input, not a failed run worth recording
+    t0 = time.perf_counter()
+    if data is None:
+        from recstudio.data import prepare
+
+        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
+    timings["data_seconds"] = time.perf_counter() - t0
+
     tracker = None
     if options.tracking:
         from recstudio import __version__
@@ -207,13 +215,6 @@ def _run_tracked(
     from recstudio.eval.ranking import RankingEvaluator, build_eval_split
     from recstudio.model.registry import get_model_class
 
-    # ---------------------------------------------------------------- data
-    t0 = time.perf_counter()
-    if data is None:
-        from recstudio.data import prepare
-
-        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
-    timings["data_seconds"] = time.perf_counter() - t0
     if tracker is not None:
         tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
 

@@ -1,0 +1,159 @@
+"""``recstudio run`` end to end through the real CLI process, and its error contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recstudio.testing import planted_data
+
+SPEC = """\
+name: toy
+interactions:
+  file: toy.tsv
+  format: tsv
+  columns: [user, item, rating, ts]
+  roles: {user: user, item: item, rating: rating, timestamp: ts}
+"""
+
+
+def write_toy_dataset(folder: Path) -> Path:
+    """A planted dataset written as a raw TSV plus a spec, as a user would bring it."""
+    data = planted_data(num_users=80, num_items=40, seed=3)
+    rows = []
+    for part in (data.train, data.valid, data.test):
+        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist()):
+            rows.append(f"{u}\t{i}\t{1 + (u + i) % 5}\t{int(t) + 1000}")
+    (folder / "toy.tsv").write_text("\n".join(rows) + "\n")
+    spec = folder / "toy.yaml"
+    spec.write_text(SPEC)
+    return spec
+
+
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recstudio", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_json_and_mlflow_record(workdir: Path):
+    spec = write_toy_dataset(workdir)
+    out = cli("run", "-m", "BPR", "-d", str(spec), "--epochs", "4", "--set", "model.embed_dim=16", "--json", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)  # stdout holds exactly one JSON object
+    assert {"run_id", "checkpoint", "valid", "test"} <= set(result)
+    assert set(result["test"]) >= {"ndcg@10", "recall@10", "precision@10", "map@10", "mrr@10", "hit@10", "auc"}
+    assert Path(result["checkpoint"]).is_file()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.embed_dim"] == "16"
+    assert run.data.params["train.epochs"] == "4"
+    assert run.data.tags["model"] == "BPR"
+    assert run.data.tags["cache_key"] == result["cache_key"]
+    assert abs(run.data.metrics["test/ndcg_at_10"] - result["test"]["ndcg@10"]) < 1e-9
+    history = client.get_metric_history(result["run_id"], "valid/ndcg_at_10")
+    assert [m.step for m in history] == list(range(result["epochs"]))
+    assert len(client.get_metric_history(result["run_id"], "train_loss")) == result["epochs"]
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
+
+    # the logged config reproduces the run
+    config_path = client.download_artifacts(result["run_id"], "config.yaml", str(workdir))
+    again = cli("run", "--config", config_path, "--json", "--no-tracking", cwd=workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["test"] == pytest.approx(result["test"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["run", "-m", "NoSuchModel", "-d", "ml-100k"], "unknown model 'NoSuchModel'"),
+        (["run", "-m", "BPR", "-d", "no-such-dataset"], "no-such-dataset"),
+        (["run", "-m", "BPR", "-d", "SPEC", "--set", "train.epohcs=3"], "unknown config key 'train.epohcs'"),
+        (["run", "-m", "BPR", "-d", "SPEC", "--set", "train.epochs=abc"], "'train.epochs' expects an integer"),
+        (["run", "-m", "BPR", "-d", "SPEC", "--min-rating", "9"], "removed every interaction"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(workdir: Path, args, expected, capsys, monkeypatch):
+    monkeypatch.delenv("RECSTUDIO_DATA_DIR", raising=False)
+    spec = write_toy_dataset(workdir)
+    args = [str(spec) if a == "SPEC" else a for a in args]
+    code, err = main_in_process(args, capsys)
+    assert code == 2, (code, err[-2000:])
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], err[-2000:]
+    assert not (workdir / "mlruns").exists()  # bad input records no MLflow run
+
+
+def test_malformed_data_line_names_file_and_line(workdir: Path, capsys):
+    spec = write_toy_dataset(workdir)
+    lines = (workdir / "toy.tsv").read_text().splitlines()
+    lines[6] = "12\t5\tfive\t1000"  # a rating must be a number
+    (workdir / "toy.tsv").write_text("\n".join(lines) + "\n")
+    code, err = main_in_process(["run", "-m", "BPR", "-d", str(spec)], capsys)
+    assert code == 2
+    assert "toy.tsv" in err and "line 7" in err, err[-2000:]
+    assert "Traceback" not in err
+
+
+def main_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI entry point in this process (fast: imports are already warm)."""
+    from recstudio.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def test_help_is_fast_and_lists_flags(workdir: Path):
+    t0 = time.perf_counter()
+    out = cli("--help", cwd=workdir)
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 0 and "run" in out.stdout and "tune" in out.stdout
+    assert elapsed < 3.0  # the interpreter start dominates; heavy imports happen inside commands
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "recstudio", "--help"], capture_output=True, text=True, cwd=workdir
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines() if "|" in line}
+    assert "click" in imported
+    for heavy in ("torch", "pytorch_lightning", "mlflow", "optuna"):
+        assert heavy not in imported, heavy
+    run_help = cli("run", "--help", cwd=workdir)
+    for flag in ("--epochs", "--learning-rate", "--batch-size", "--embed-dim", "--json", "--quiet", "--accelerator"):
+        assert flag in run_help.stdout
+
+
+def test_models_command_lists_families(workdir: Path, capsys):
+    from recstudio.cli import main
+
+    main(["models"])
+    out = capsys.readouterr().out
+    for name in ("BPR", "NCF", "MultiVAE", "SASRec", "BERT4Rec", "WRMF", "EASE", "FM"):
+        assert name in out
+    assert "sequential:" in out and "feature-based:" in out
+
+
+def test_python_api_matches_cli_result(workdir: Path):
+    import recstudio
+
+    spec = write_toy_dataset(workdir)
+    result = recstudio.run(model="BPR", dataset=str(spec), train__epochs=2, model__embed_dim=8, quiet=True)
+    assert result["run_id"] and result["epochs"] == 2
+    assert "ndcg@10" in result["test"]
