@@ -1,0 +1,120 @@
+"""Mult-VAE: variational autoencoder with a multinomial likelihood for implicit feedback.
+
+Liang, Krishnan, Hoffman, Jebara. "Variational Autoencoders for Collaborative Filtering."
+WWW 2018. A user's multi-hot history is L2-normalised, dropped out, and encoded to a Gaussian
+latent; the decoder maps a latent sample to logits over all items, and the reconstruction term is
+the multinomial log-likelihood ``sum_i x_i log softmax(logits)_i``. The KL term is weighted by
+``beta``, annealed linearly from 0 to ``anneal_cap`` over ``total_anneal_steps`` training steps
+(the paper's "partially regularised" objective). At evaluation the encoder mean is decoded, so
+scores are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.registry import register
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with tanh between them (none after the last), Xavier weights as the paper."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.normal_(linear.bias, std=0.001)
+        layers.append(linear)
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+@register
+class MultiVAE(TowerFreeRecommender):
+    """Encoder [I -> 600 -> 2x200], decoder [200 -> 600 -> I], multinomial likelihood."""
+
+    family: ClassVar[str] = "general"
+    view: ClassVar[str] = "user"
+    description: ClassVar[str] = (
+        "Variational autoencoder with multinomial likelihood and KL annealing (Liang et al., WWW 2018)."
+    )
+
+    @dataclass
+    class Config:
+        hidden_dims: list[int] = field(default_factory=lambda: [600])
+        """Encoder hidden sizes (the decoder mirrors them)."""
+        latent_dim: int = 200
+        dropout: float = 0.5
+        """Dropout on the normalised input during training."""
+        anneal_cap: float = 0.2
+        """Largest KL weight beta."""
+        total_anneal_steps: int = 2000
+        """Training steps over which beta grows linearly from 0 to anneal_cap (0: beta = cap)."""
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "latent_dim": {"type": "categorical", "choices": [64, 128, 200, 300]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.7},
+        "anneal_cap": {"type": "float", "low": 0.0, "high": 1.0},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "train.weight_decay": {"type": "float", "low": 1e-8, "high": 1e-3, "log": True},
+    }
+    default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
+
+    def __init__(
+        self,
+        config: Config,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__(config, data, train_config, eval_config)
+        dims = [data.num_items, *config.hidden_dims, config.latent_dim]
+        self.encoder = _mlp([*dims[:-1], 2 * config.latent_dim])
+        self.decoder = _mlp(dims[::-1])
+        self.drop = nn.Dropout(config.dropout)
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
+        self.last_kl_weight = 0.0
+
+    def kl_weight(self) -> float:
+        """Current beta: linear in the number of training steps taken, capped at anneal_cap."""
+        total = self.config.total_anneal_steps
+        if total <= 0:
+            return self.config.anneal_cap
+        return min(self.config.anneal_cap, float(self.anneal_step) / total)
+
+    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [B, I], mu, logvar) of a float history [B, I]; padding column 0 is ignored."""
+        x = history.float().clone()
+        x[:, 0] = 0.0
+        h = self.drop(F.normalize(x, dim=1))
+        mu, logvar = self.encoder(h).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decoder(z), mu, logvar
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["history"].float()
+        logits, mu, logvar = self(x)
+        x = x.clone()
+        x[:, 0] = 0.0
+        neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+        beta = self.kl_weight()
+        self.last_kl_weight = beta
+        if self.training:
+            self.anneal_step += 1
+        return neg_ll + beta * kl
+
+    def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode the encoder mean of the seen items, without dropout: deterministic in any mode."""
+        x = batch["history_mask"].float()
+        x[:, 0] = 0.0
+        mu, _ = self.encoder(F.normalize(x, dim=1)).chunk(2, dim=1)
+        return self.decoder(mu)

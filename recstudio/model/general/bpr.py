@@ -1,0 +1,95 @@
+"""BPR: matrix factorisation trained with Bayesian Personalized Ranking.
+
+Rendle, Freudenthaler, Gantner, Schmidt-Thieme. "BPR: Bayesian Personalized Ranking from Implicit
+Feedback." UAI 2009. A user and an item embedding table; the score is their inner product and the
+loss pushes an observed item above a sampled one, ``-log sigmoid(s(u, i) - s(u, j))``.
+
+The scorer, loss and sampler are ordinary config fields, so the same two towers also give e.g. MF
+with a sampled softmax or with popularity negatives without a new model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.model.base import TwoTowerRecommender
+from recstudio.model.registry import register
+
+
+@register
+class BPR(TwoTowerRecommender):
+    """User/item embeddings, inner product, BPR pairwise loss with uniform negatives."""
+
+    family: ClassVar[str] = "general"
+    view: ClassVar[str] = "triplet"
+    description: ClassVar[str] = "Matrix factorisation with the BPR pairwise loss (Rendle et al., UAI 2009)."
+
+    @dataclass
+    class Config:
+        embed_dim: int = 64
+        """Dimension of user and item embeddings."""
+        init_std: float = 0.01
+        """Standard deviation of the normal initialisation of both tables."""
+        reg_weight: float = 3e-3
+        """L2 penalty on the embeddings used in the batch (users, positives, negatives), summed
+        over the dimension and averaged over the batch; the BPR-Opt regulariser of the paper."""
+        scorer: str = "inner_product"
+        loss: str = "bpr"
+        sampler: str = "uniform"
+        num_negatives: int = 1
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+        "reg_weight": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    # init_std, reg_weight and this rate come from a small ml-100k sweep: benchmarks/README.md
+    default_overrides: ClassVar[dict[str, Any]] = {"train": {"learning_rate": 2e-3}}
+
+    def __init__(
+        self,
+        config: Config,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__(config, data, train_config, eval_config)
+        d = config.embed_dim
+        self.user_emb = nn.Embedding(data.num_users, d, padding_idx=0)
+        self.item_emb = nn.Embedding(data.num_items, d, padding_idx=0)
+        for table in (self.user_emb, self.item_emb):
+            nn.init.normal_(table.weight, std=config.init_std)
+            with torch.no_grad():
+                table.weight[0].zero_()
+        self.build_ranking_parts(data, config.scorer, config.loss, config.sampler, config.num_negatives)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_emb(users)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Ranking loss plus ``reg_weight`` times the batch embeddings' squared norm.
+
+        Negatives are drawn here (not inside ``ranking_loss``) so that the regulariser sees the
+        same negatives as the loss, as in BPR-Opt.
+        """
+        query = self.user_vectors(batch["user"])
+        pos = batch["item"]
+        neg = batch.get("neg_item")
+        if neg is None and not getattr(self.loss_fn, "needs_all_scores", False):
+            neg = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos, query=query)[0]
+        loss = self.ranking_loss(query, pos, neg)
+        if self.config.reg_weight > 0:
+            reg = query.pow(2).sum() + self.item_emb(pos).pow(2).sum()
+            if neg is not None:
+                reg = reg + self.item_emb(neg).pow(2).sum()
+            loss = loss + self.config.reg_weight * reg / pos.shape[0]
+        return loss

@@ -1,0 +1,183 @@
+"""NCF: Neural Collaborative Filtering (GMF, MLP and their fusion NeuMF).
+
+He, Liao, Zhang, Nie, Hu, Chua. "Neural Collaborative Filtering." WWW 2017. The score of a
+(user, item) pair is a learned function of both embeddings, not an inner product:
+
+- GMF: ``h^T (p_u * q_i)`` (a weighted inner product),
+- MLP: a tower of ReLU layers over ``[p_u; q_i]``,
+- NeuMF: the last GMF and MLP layers concatenated and fed to one output unit; GMF and MLP keep
+  separate embeddings, as in the paper.
+
+Trained pointwise (binary cross-entropy on the logit) with ``num_negatives`` uniform negatives per
+positive, the paper's log loss. Because the score is not a dot product, full ranking evaluates
+the network on every (user, item) pair; ``score_batch`` does that in chunks of bounded size and
+splits the first MLP layer into a user half and an item half so it costs one matmul per side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.registry import register
+
+Variant = Literal["gmf", "mlp", "neumf"]
+
+
+@register
+class NCF(TowerFreeRecommender):
+    """GMF / MLP / NeuMF scored pointwise with BCE over sampled negatives."""
+
+    family: ClassVar[str] = "general"
+    view: ClassVar[str] = "triplet"
+    description: ClassVar[str] = (
+        "Neural Collaborative Filtering: GMF, MLP or NeuMF, BCE on sampled negatives (He et al., WWW 2017)."
+    )
+
+    @dataclass
+    class Config:
+        variant: Variant = "neumf"
+        """gmf: weighted inner product; mlp: MLP over concatenated embeddings; neumf: both."""
+        embed_dim: int = 64
+        """Embedding size of each branch (GMF and MLP have their own tables)."""
+        mlp_layers: list[int] = field(default_factory=lambda: [128, 64, 32])
+        """Hidden sizes of the MLP tower (input is 2 * embed_dim)."""
+        dropout: float = 0.0
+        """Dropout after each hidden MLP layer."""
+        init_std: float = 0.01
+        """Standard deviation of the normal initialisation of the embeddings (paper: 0.01)."""
+        loss: str = "bce"
+        sampler: str = "uniform"
+        num_negatives: int = 4
+        """Negatives per positive (paper: 4)."""
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "variant": {"type": "categorical", "choices": ["gmf", "mlp", "neumf"]},
+        "embed_dim": {"type": "categorical", "choices": [16, 32, 64]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "num_negatives": {"type": "int", "low": 1, "high": 8, "step": 1},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "train.weight_decay": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
+    }
+
+    score_chunk_elements: ClassVar[int] = 1 << 28
+    """Upper bound on the elements of one hidden activation while full-ranking (1 GiB float32)."""
+    score_chunk_rows: ClassVar[int] = 1 << 22
+    """Upper bound on the (user, item) pairs scored at once in ``score_batch``."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__(config, data, train_config, eval_config)
+        from recstudio.model.loss import build_loss
+        from recstudio.model.sampler import build_sampler
+
+        d = config.embed_dim
+        self.use_gmf = config.variant in ("gmf", "neumf")
+        self.use_mlp = config.variant in ("mlp", "neumf")
+        out_dim = 0
+        if self.use_gmf:
+            self.gmf_user = nn.Embedding(data.num_users, d, padding_idx=0)
+            self.gmf_item = nn.Embedding(data.num_items, d, padding_idx=0)
+            out_dim += d
+        if self.use_mlp:
+            if not config.mlp_layers:
+                from recstudio.errors import ConfigError
+
+                raise ConfigError("config key 'model.mlp_layers' needs a layer for variant mlp/neumf")
+            self.mlp_user = nn.Embedding(data.num_users, d, padding_idx=0)
+            self.mlp_item = nn.Embedding(data.num_items, d, padding_idx=0)
+            sizes = [2 * d, *config.mlp_layers]
+            # the first layer is kept apart: W [p; q] = W_p p + W_q q lets full ranking apply it
+            # once per user and once per item instead of once per pair.
+            self.mlp_first_user = nn.Linear(d, sizes[1])
+            self.mlp_first_item = nn.Linear(d, sizes[1], bias=False)
+            layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(config.dropout)]
+            for a, b in zip(sizes[1:-1], sizes[2:]):
+                layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(config.dropout)]
+            self.mlp = nn.Sequential(*layers)
+            out_dim += sizes[-1]
+        self.predict = nn.Linear(out_dim, 1)
+        self._init_weights(config.init_std)
+        self.loss_fn = build_loss(config.loss)
+        if getattr(self.loss_fn, "needs_all_scores", False):
+            from recstudio.errors import ConfigError
+
+            raise ConfigError(f"NCF scores sampled pairs; loss '{config.loss}' needs all scores")
+        self.sampler = build_sampler(config.sampler, data.num_items, data.item_popularity())
+        self.num_negatives = config.num_negatives
+
+    def _init_weights(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                with torch.no_grad():
+                    module.weight[0].zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ scoring
+    def _hidden(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Input of the output layer for aligned user and item ids of the same shape [...]."""
+        parts = []
+        if self.use_gmf:
+            parts.append(self.gmf_user(users) * self.gmf_item(items))
+        if self.use_mlp:
+            first = self.mlp_first_user(self.mlp_user(users)) + self.mlp_first_item(self.mlp_item(items))
+            parts.append(self.mlp(first))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of aligned (user, item) pairs; ``users`` broadcasts against ``items``."""
+        users, items = torch.broadcast_tensors(users, items)
+        return self.predict(self._hidden(users, items)).squeeze(-1)
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        users, pos = batch["user"], batch["item"]
+        neg = batch.get("neg_item")
+        if neg is None:
+            neg, log_q_neg, log_q_pos = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos)
+        else:
+            log_q_neg, log_q_pos = self.sampler.log_prob(neg), self.sampler.log_prob(pos)
+        pos_score = self.pair_scores(users, pos)
+        neg_score = self.pair_scores(users[:, None], neg)
+        return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+
+    def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [B, num_items], computed over item chunks of bounded size."""
+        users = batch["user"]
+        n_users, n_items = users.shape[0], self.num_items
+        width = max([*self.config.mlp_layers, 2 * self.config.embed_dim] if self.use_mlp else [1])
+        width = max(width, self.config.embed_dim)
+        rows = max(1, min(self.score_chunk_rows, self.score_chunk_elements // width))
+        chunk = max(1, rows // max(1, n_users))
+        all_items = torch.arange(n_items, device=users.device)
+        # per-side parts computed once per block
+        if self.use_gmf:
+            gu = self.gmf_user(users)
+        if self.use_mlp:
+            mu = self.mlp_first_user(self.mlp_user(users))
+        out = torch.empty(n_users, n_items, device=users.device, dtype=self.predict.weight.dtype)
+        for start in range(0, n_items, chunk):
+            items = all_items[start : start + chunk]
+            parts = []
+            if self.use_gmf:
+                parts.append(gu[:, None, :] * self.gmf_item(items)[None, :, :])
+            if self.use_mlp:
+                mi = self.mlp_first_item(self.mlp_item(items))
+                parts.append(self.mlp(mu[:, None, :] + mi[None, :, :]))
+            hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            out[:, start : start + items.shape[0]] = self.predict(hidden).squeeze(-1)
+        return out

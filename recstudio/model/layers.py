@@ -1,0 +1,250 @@
+"""Transformer building blocks for sequence encoders over left-padded item sequences.
+
+Conventions (see ``docs/architecture.md``): sequences are int64 [B, L], left-padded with the
+padding id 0, most recent item last. Everything here is batch-first, builds its masks from the
+padding with tensor ops (no per-sequence Python), and runs unchanged on CPU and CUDA.
+
+- ``SequenceEmbedding``: item embedding + learned positional embedding, with positions counted
+  from the *end* of the sequence, so the most recent item always gets position 0 and extra left
+  padding never changes what a real position sees.
+- ``attention_mask``: boolean [B, 1, L, L] "may attend" masks, causal (unidirectional,
+  as in SASRec, Kang & McAuley, ICDM 2018) or bidirectional (as in BERT4Rec, Sun et al.,
+  CIKM 2019), with padded keys excluded.
+- ``TransformerBlock`` / ``TransformerEncoder``: multi-head self-attention on
+  ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels where the backend has them)
+  plus a position-wise feed-forward network, pre- or post-LayerNorm (Vaswani et al., NeurIPS 2017;
+  Xiong et al., ICML 2020 for pre-LN).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Activation = Literal["relu", "gelu"]
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT-style initialisation: N(0, std) for linear and embedding weights, zero biases.
+
+    Small initial embeddings matter when the item table is also the output layer (shared
+    input/output embeddings): PyTorch's default N(0, 1) embeddings give initial logits with a
+    standard deviation of sqrt(d), which saturates the softmax before training starts.
+    """
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.padding_idx is not None:
+                with torch.no_grad():
+                    sub.weight[sub.padding_idx].zero_()
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout; on CPU drawn from random bytes, several times faster than ``F.dropout``.
+
+    On CPU, ``F.dropout`` draws its mask with ``bernoulli_``, which costs about as much as the
+    rest of a small Transformer layer (measured: 18 ms vs 2.5 ms for random bytes on a
+    [256, 50, 64] tensor). Here an element is dropped when a uniform byte is below
+    ``round(256 * p)``, so the realised rate is ``p`` rounded to a multiple of 1/256 (0.199 for
+    0.2), and kept elements are scaled by the exact inverse keep rate, so expectations match.
+    Other devices use ``F.dropout``, whose fused kernels are already fast.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    threshold = min(255, max(1, round(256 * p)))
+    keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= threshold
+    return torch.where(keep, x * (256.0 / (256 - threshold)), x.new_zeros(()))
+
+
+class Dropout(nn.Module):
+    """Drop-in for ``nn.Dropout`` using ``dropout`` above (fast masks on CPU)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attention_mask(seq: torch.Tensor, causal: bool, padding_id: int = 0) -> torch.Tensor:
+    """Boolean mask [B, 1, L, L]: ``mask[b, 0, i, j]`` is True where query i may attend to key j.
+
+    Keys that are padding are never attended to; with ``causal`` a query also ignores later
+    positions, so position i's output depends only on items 1..i (no look-ahead during
+    whole-sequence training). A padding *query* would then have no key at all, and softmax over
+    an empty set is NaN; it is allowed to attend to itself instead. Padding outputs are never
+    read, and real positions never attend to padding, so this changes no real output.
+    """
+    length = seq.shape[1]
+    keep = (seq != padding_id)[:, None, None, :]  # [B, 1, 1, L] keys
+    if causal:
+        tril = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+        keep = keep & tril
+    eye = torch.eye(length, dtype=torch.bool, device=seq.device)
+    return keep | eye
+
+
+class SequenceEmbedding(nn.Module):
+    """Item embedding plus a learned positional embedding counted from the end of the sequence.
+
+    ``item`` is exposed so a model can reuse its rows as output item vectors (shared input and
+    output embeddings, as both SASRec and BERT4Rec do). Rows beyond the real items (e.g. a
+    [MASK] token) are simply extra rows of the same table.
+
+    Positions are right-aligned: the last (most recent) item gets position 0, the one before it 1,
+    and so on. With fixed-length left-padded batches this equals absolute positions, but it also
+    makes outputs independent of how much left padding a batch carries.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        max_len: int,
+        hidden_size: int,
+        dropout: float,
+        padding_id: int = 0,
+        scale: bool = False,
+        layer_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.item = nn.Embedding(num_embeddings, hidden_size, padding_idx=padding_id)
+        self.position = nn.Embedding(max_len, hidden_size)
+        self.scale = math.sqrt(hidden_size) if scale else 1.0
+        self.norm = nn.LayerNorm(hidden_size) if layer_norm else nn.Identity()
+        self.dropout = Dropout(dropout)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Embed ``seq`` [B, L] (L <= max_len) into [B, L, d]."""
+        length = seq.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds the positional table size {self.max_len}")
+        positions = torch.arange(length - 1, -1, -1, device=seq.device)
+        x = self.item(seq) * self.scale + self.position(positions)
+        return self.dropout(self.norm(x))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention on ``F.scaled_dot_product_attention`` with one fused QKV projection."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, L, d], ``mask`` bool [B, 1, L, L] (True: may attend) -> [B, L, d]."""
+        batch, length, hidden = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d_head]
+        drop = self.dropout if self.training else 0.0
+        if drop > 0.0 and x.device.type == "cpu":
+            # SDPA's CPU kernels have no dropout and fall back to unfused math with the slow
+            # bernoulli mask; the same math with the fast mask is cheaper.
+            scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+            weights = scores.masked_fill(~mask, -torch.inf).softmax(-1)
+            y = dropout(weights, drop, True) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention + position-wise feed-forward, each with dropout and a residual connection.
+
+    ``norm_first=True`` is pre-LN (LayerNorm before each sub-layer, as in the SASRec reference
+    implementation); ``False`` is the original post-LN of Vaswani et al. and BERT (BERT4Rec).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        dropout: float,
+        activation: Activation = "gelu",
+        norm_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attention = MultiHeadSelfAttention(hidden_size, num_heads, dropout)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, inner_size),
+            nn.GELU() if activation == "gelu" else nn.ReLU(),
+            Dropout(dropout),
+            nn.Linear(inner_size, hidden_size),
+        )
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.dropout1(self.attention(self.norm1(x), mask))
+            return x + self.dropout2(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.dropout1(self.attention(x, mask)))
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``TransformerBlock``s sharing one attention mask; pre-LN stacks end with a LayerNorm."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        dropout: float,
+        activation: Activation = "gelu",
+        norm_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerBlock(hidden_size, num_heads, inner_size, dropout, activation, norm_first)
+            for _ in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(hidden_size) if norm_first else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, L, d], ``mask`` from ``attention_mask`` -> hidden states [B, L, d]."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+
+def trim_left_padding(
+    seq: torch.Tensor, *others: torch.Tensor, padding_id: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Drop leading columns that are padding in every row of ``seq`` (and the same columns of ``others``).
+
+    With right-aligned positions and padding excluded from attention, these columns cannot change
+    any real output, so dropping them only saves work (batches of short sequences). It reads one
+    scalar back from the device, which is cheap next to a training step.
+    """
+    start = int((seq != padding_id).any(0).long().argmax())  # first real column (0 if none)
+    if start == 0:
+        return (seq, *others)
+    return (seq[:, start:], *(t[:, start:] for t in others))

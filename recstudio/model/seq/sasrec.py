@@ -1,0 +1,156 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+A causal Transformer reads a user's item sequence; the hidden state at position t predicts the
+item at t+1, scored by inner product with the item embedding table (the same table embeds the
+input, as in the paper's shared-embedding variant).
+
+Training is whole-sequence: each user's sequence is one sample from the ``seq2seq`` view
+(``seq`` = s_1..s_{n-1}, ``target`` = s_2..s_n), and one causal forward pass yields a loss at
+every non-padding position, as in the paper. This is much cheaper than feeding each prefix as
+its own sample (one forward pass per user instead of one per interaction), with the same
+gradient signal. Causal masking guarantees no position sees its own target.
+
+Departures from the reference implementation, on purpose: the loss defaults to a full softmax
+over all items (cross-entropy), which is stronger than the paper's binary cross-entropy with one
+sampled negative (Klenitskiy & Vasilev, RecSys 2023, "Turning Dross Into Gold Loss: is BERT4Rec
+really better than SASRec?"); ``loss="bce"`` with ``num_negatives=1`` restores the paper's
+objective. Positions are counted from the end of the sequence (see
+``recstudio.model.layers.SequenceEmbedding``), which equals the paper's absolute positions for
+fixed-length left-padded input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.errors import ConfigError
+from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.layers import (
+    SequenceEmbedding,
+    TransformerEncoder,
+    attention_mask,
+    init_weights,
+    trim_left_padding,
+)
+from recstudio.model.registry import register
+
+
+@dataclass
+class SASRecConfig:
+    """Hyperparameters of SASRec; defaults follow the paper at ml-1m scale (d=50 there, 64 here)."""
+
+    max_seq_len: int = 50
+    """Longest input sequence (the most recent items are kept); also sizes the positional table.
+    The pipeline passes it to the ``seq2seq`` view and to the evaluation split."""
+    hidden_size: int = 64
+    inner_size: int | None = None
+    """Width of the position-wise feed-forward layer; None: hidden_size, as in the paper."""
+    num_layers: int = 2
+    num_heads: int = 2
+    """Attention heads (the paper uses 1); hidden_size must be divisible by it."""
+    dropout: float = 0.2
+    """Dropout on embeddings, attention weights and hidden states."""
+    loss: Literal["softmax", "sampled_softmax", "bce"] = "softmax"
+    """softmax: cross-entropy over all items; sampled_softmax: over sampled negatives (log-Q
+    corrected); bce: binary cross-entropy with sampled negatives (the paper's objective)."""
+    num_negatives: int = 1
+    """Negatives per position for sampled losses (1 as in the paper; raise it for sampled_softmax)."""
+    sampler: str = "uniform"
+    """Negative sampler for the sampled losses (see ``recstudio.model.sampler``)."""
+    scorer: str = "inner_product"
+
+    def validate(self) -> None:
+        """Reject values that would fail later with a less clear message."""
+        for key in ("max_seq_len", "hidden_size", "num_layers", "num_heads", "num_negatives"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.inner_size is not None and self.inner_size < 1:
+            raise ConfigError(f"config key 'model.inner_size' must be >= 1 or null, got {self.inner_size}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"config key 'model.hidden_size' must be divisible by model.num_heads, "
+                f"but got hidden_size={self.hidden_size}, num_heads={self.num_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
+
+
+@register
+class SASRec(ItemTowerRecommender):
+    """Causal self-attention over the item sequence; query = hidden state at the last position."""
+
+    family = "sequential"
+    view = "seq2seq"
+    Config = SASRecConfig
+    description = "Self-attentive sequential recommendation (Kang & McAuley, ICDM 2018)"
+    default_overrides = {
+        "data": {"split": "loo"},
+        "train": {"learning_rate": 1e-3, "batch_size": 256},
+    }
+    search_space = {
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4]},
+        "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
+        "num_layers": {"type": "int", "low": 1, "high": 3},
+        "num_heads": {"type": "categorical", "choices": [1, 2, 4]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    }
+
+    def __init__(
+        self,
+        config: SASRecConfig,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__(config, data, train_config, eval_config)
+        d = config.hidden_size
+        self.max_seq_len = config.max_seq_len
+        # The paper scales item embeddings by sqrt(d) and adds positions without a LayerNorm;
+        # the pre-LN blocks normalise before attention.
+        self.embedding = SequenceEmbedding(
+            self.num_items, config.max_seq_len, d, config.dropout, scale=True, layer_norm=False
+        )
+        self.encoder = TransformerEncoder(
+            config.num_layers,
+            d,
+            config.num_heads,
+            config.inner_size or d,
+            config.dropout,
+            activation="relu",
+            norm_first=True,
+        )
+        init_weights(self)
+        self.build_ranking_parts(data, config.scorer, config.loss, config.sampler, config.num_negatives)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, d] of a left-padded sequence batch [B, L]; position t sees items <= t."""
+        return self.encoder(self.embedding(seq), attention_mask(seq, causal=True))
+
+    def item_vectors(self) -> torch.Tensor:
+        """The item embedding table [num_items, d] (shared with the input embedding)."""
+        return self.embedding.item.weight
+
+    def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden state at the last position [B, d]: the representation of the whole history."""
+        (seq,) = trim_left_padding(batch["seq"][:, -self.max_seq_len :])
+        return self.encode(seq)[:, -1]
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-item loss at every position that has a target, in one forward pass per batch."""
+        seq, target = trim_left_padding(
+            batch["seq"][:, -self.max_seq_len :], batch["target"][:, -self.max_seq_len :]
+        )
+        hidden = self.encode(seq)
+        valid = target != 0
+        if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
+            return hidden.sum() * 0.0
+        return self.ranking_loss(hidden[valid], target[valid])
+
+    def extra_repr(self) -> str:
+        return f"num_items={self.num_items}, max_seq_len={self.max_seq_len}"
