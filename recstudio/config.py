@@ -378,6 +378,7 @@ def resolve(
     file_layer: dict[str, Any] = {}
     for path in config_files:
         file_layer = deep_merge(file_layer, load_yaml(path))
+    file_layer.pop("tune", None)  # study settings (recstudio tune) live beside the run config
     for key in file_layer:
         if key not in _TOP_LEVEL:
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)

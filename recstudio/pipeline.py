@@ -116,6 +116,15 @@ class _EpochRecorder:
         return EpochRecorder(*args, **kwargs)
 
 
+def _restore_sigint() -> None:
+    """Lightning ignores further Ctrl-C after the first; give the default handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _tame_lightning_logs(verbose: bool) -> None:
     """Lightning sets its loggers to INFO on import (GPU/TPU banners, tips): keep them for -v."""
     import warnings
@@ -180,6 +189,7 @@ def run(
         result = _run_tracked(cfg, options, data, trial, tracker, timings)
     except BaseException as exc:
         if tracker is not None:
+            exc.run_id = tracker.run_id  # type: ignore[attr-defined]  (tune logs the traceback there)
             status = "KILLED" if _is_pruned(exc) else "FAILED"
             try:
                 tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
@@ -301,8 +311,15 @@ def _run_tracked(
         trainer.fit(model, train_dataloaders=train_view, val_dataloaders=valid_loader)
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory while training {cfg.model_name}: {exc}") from exc
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after its teardown; callers expect an interrupt
+        if trainer.interrupted:
+            _restore_sigint()
+            raise KeyboardInterrupt from None
+        raise
     timings["fit_seconds"] = time.perf_counter() - t0
     if trainer.interrupted:
+        _restore_sigint()
         raise KeyboardInterrupt
 
     # ---------------------------------------------------------------- best checkpoint -> test

@@ -47,11 +47,31 @@ def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProces
 
 def test_run_json_and_mlflow_record(workdir: Path):
     spec = write_toy_dataset(workdir)
-    out = cli("run", "-m", "BPR", "-d", str(spec), "--epochs", "4", "--set", "model.embed_dim=16", "--json", cwd=workdir)
+    out = cli(
+        "run",
+        "-m",
+        "BPR",
+        "-d",
+        str(spec),
+        "--epochs",
+        "4",
+        "--set",
+        "model.embed_dim=16",
+        "--json",
+        cwd=workdir,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)  # stdout holds exactly one JSON object
     assert {"run_id", "checkpoint", "valid", "test"} <= set(result)
-    assert set(result["test"]) >= {"ndcg@10", "recall@10", "precision@10", "map@10", "mrr@10", "hit@10", "auc"}
+    assert set(result["test"]) >= {
+        "ndcg@10",
+        "recall@10",
+        "precision@10",
+        "map@10",
+        "mrr@10",
+        "hit@10",
+        "auc",
+    }
     assert Path(result["checkpoint"]).is_file()
 
     from mlflow import MlflowClient
@@ -83,7 +103,10 @@ def test_run_json_and_mlflow_record(workdir: Path):
         (["run", "-m", "NoSuchModel", "-d", "ml-100k"], "unknown model 'NoSuchModel'"),
         (["run", "-m", "BPR", "-d", "no-such-dataset"], "no-such-dataset"),
         (["run", "-m", "BPR", "-d", "SPEC", "--set", "train.epohcs=3"], "unknown config key 'train.epohcs'"),
-        (["run", "-m", "BPR", "-d", "SPEC", "--set", "train.epochs=abc"], "'train.epochs' expects an integer"),
+        (
+            ["run", "-m", "BPR", "-d", "SPEC", "--set", "train.epochs=abc"],
+            "'train.epochs' expects an integer",
+        ),
         (["run", "-m", "BPR", "-d", "SPEC", "--min-rating", "9"], "removed every interaction"),
     ],
 )
@@ -129,14 +152,25 @@ def test_help_is_fast_and_lists_flags(workdir: Path):
     assert out.returncode == 0 and "run" in out.stdout and "tune" in out.stdout
     assert elapsed < 3.0  # the interpreter start dominates; heavy imports happen inside commands
     probe = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "recstudio", "--help"], capture_output=True, text=True, cwd=workdir
+        [sys.executable, "-X", "importtime", "-m", "recstudio", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
     )
     imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines() if "|" in line}
     assert "click" in imported
     for heavy in ("torch", "pytorch_lightning", "mlflow", "optuna"):
         assert heavy not in imported, heavy
     run_help = cli("run", "--help", cwd=workdir)
-    for flag in ("--epochs", "--learning-rate", "--batch-size", "--embed-dim", "--json", "--quiet", "--accelerator"):
+    for flag in (
+        "--epochs",
+        "--learning-rate",
+        "--batch-size",
+        "--embed-dim",
+        "--json",
+        "--quiet",
+        "--accelerator",
+    ):
         assert flag in run_help.stdout
 
 

@@ -214,7 +214,7 @@ def tune_command(
       recstudio tune -m BPR -d ml-100k --set embed_dim=64 --storage postgresql://optuna@db/optuna
     """
     from recstudio.cli import setup_logging
-    from recstudio.errors import ConfigError, TrainingError
+    from recstudio.errors import TrainingError
 
     setup_logging(quiet=quiet or as_json, verbose=verbose)
     with tempfile.TemporaryDirectory(prefix="recstudio-tune-") as tmp:
@@ -254,11 +254,14 @@ def tune_command(
         click.echo(json.dumps(summary, default=str))
     else:
         print_tune_summary(summary, settings.metric)
-    mine = summary.get("invocation", {}).get("trials", {})
+    invocation = summary.get("invocation", {})
+    mine = invocation.get("trials", {})
+    if invocation.get("failed_workers") and not mine.get("COMPLETE"):
+        raise TrainingError(f"worker processes failed: {', '.join(invocation['failed_workers'])}")
     if mine.get("COMPLETE", 0) == 0 and mine.get("FAIL", 0) > 0:
         raise TrainingError(f"every trial of this invocation failed ({mine['FAIL']}); see the errors above")
-    if summary.get("best") is None and not mine:
-        raise ConfigError("no trial ran (the timeout elapsed, or the grid was already exhausted)")
+    if not sum(mine.values()):
+        log.warning("no trial ran: the timeout elapsed first, or every grid point was already tried")
 
 
 def build_settings(
