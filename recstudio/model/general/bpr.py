@@ -50,7 +50,9 @@ class BPR(TwoTowerRecommender):
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     }
     # init_std, reg_weight and this rate come from a small ml-100k sweep: benchmarks/README.md
-    default_overrides: ClassVar[dict[str, Any]] = {"train": {"learning_rate": 2e-3}}
+    default_overrides: ClassVar[dict[str, Any]] = {
+        "train": {"learning_rate": 2e-3, "early_stop_patience": 20}
+    }
 
     def __init__(
         self,
@@ -78,18 +80,20 @@ class BPR(TwoTowerRecommender):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Ranking loss plus ``reg_weight`` times the batch embeddings' squared norm.
 
-        Negatives are drawn here (not inside ``ranking_loss``) so that the regulariser sees the
-        same negatives as the loss, as in BPR-Opt.
+        The regulariser reuses the vectors the loss scored (one gather for the user, the positive
+        and its negatives), as in BPR-Opt.
         """
         query = self.user_vectors(batch["user"])
         pos = batch["item"]
-        neg = batch.get("neg_item")
-        if neg is None and not getattr(self.loss_fn, "needs_all_scores", False):
-            neg = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos, query=query)[0]
-        loss = self.ranking_loss(query, pos, neg)
-        if self.config.reg_weight > 0:
+        if getattr(self.loss_fn, "needs_all_scores", False):
+            loss = self.ranking_loss(query, pos)
             reg = query.pow(2).sum() + self.item_emb(pos).pow(2).sum()
-            if neg is not None:
-                reg = reg + self.item_emb(neg).pow(2).sum()
+        else:
+            pos_s, neg_s, log_q_pos, log_q_neg, vectors = self.score_candidates(
+                query, pos, batch.get("neg_item")
+            )
+            loss = self.loss_fn(pos_s, neg_s, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+            reg = query.pow(2).sum() + vectors.pow(2).sum()
+        if self.config.reg_weight > 0:
             loss = loss + self.config.reg_weight * reg / pos.shape[0]
         return loss

@@ -159,9 +159,12 @@ class NCF(TowerFreeRecommender):
         """Scores [B, num_items], computed over item chunks of bounded size."""
         users = batch["user"]
         n_users, n_items = users.shape[0], self.num_items
-        width = max([*self.config.mlp_layers, 2 * self.config.embed_dim] if self.use_mlp else [1])
-        width = max(width, self.config.embed_dim)
-        rows = max(1, min(self.score_chunk_rows, self.score_chunk_elements // width))
+        if not self.use_mlp:  # GMF is a weighted inner product: h^T (p * q) = (p * h) . q
+            weight = self.predict.weight.squeeze(0)
+            return (self.gmf_user(users) * weight) @ self.gmf_item.weight.T + self.predict.bias
+        d, layers = self.config.embed_dim, self.config.mlp_layers
+        widths = [*layers, d + layers[-1]] if self.use_gmf else list(layers)
+        rows = max(1, min(self.score_chunk_rows, self.score_chunk_elements // max(widths)))
         chunk = max(1, rows // max(1, n_users))
         all_items = torch.arange(n_items, device=users.device)
         # per-side parts computed once per block
