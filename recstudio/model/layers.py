@@ -28,6 +28,24 @@ from torch import nn
 Activation = Literal["relu", "gelu"]
 
 
+SEQUENCE_DEFAULT_OVERRIDES: dict = {
+    "data": {"split": "loo"},
+    "train": {"learning_rate": 1e-3, "batch_size": 256},
+}
+"""Section defaults shared by transformer sequence models: chronological leave-one-out, and
+256 sequences per batch."""
+
+TRANSFORMER_SEARCH_SPACE: dict = {
+    "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4]},
+    "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
+    "num_layers": {"type": "int", "low": 1, "high": 3},
+    "num_heads": {"type": "categorical", "choices": [1, 2, 4]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+"""Search space over the encoder hyperparameters every transformer sequence model has."""
+
+
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT-style initialisation: N(0, std) for linear and embedding weights, zero biases.
 

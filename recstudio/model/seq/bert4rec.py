@@ -28,6 +28,8 @@ from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
 from recstudio.model.layers import (
+    SEQUENCE_DEFAULT_OVERRIDES,
+    TRANSFORMER_SEARCH_SPACE,
     SequenceEmbedding,
     TransformerEncoder,
     attention_mask,
@@ -97,17 +99,9 @@ class BERT4Rec(ItemTowerRecommender):
     view = "seq"
     Config = BERT4RecConfig
     description = "Sequential recommendation with bidirectional Transformers (Sun et al., CIKM 2019)"
-    default_overrides = {
-        "data": {"split": "loo"},
-        "train": {"learning_rate": 1e-3, "batch_size": 256},
-    }
+    default_overrides = SEQUENCE_DEFAULT_OVERRIDES
     search_space = {
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4]},
-        "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
-        "num_layers": {"type": "int", "low": 1, "high": 3},
-        "num_heads": {"type": "categorical", "choices": [1, 2, 4]},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        **TRANSFORMER_SEARCH_SPACE,
         "mask_ratio": {"type": "float", "low": 0.1, "high": 0.6},
     }
 
