@@ -300,7 +300,6 @@ def _run_tracked(
         enable_model_summary=options.verbose,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.train.val_every,
-        gradient_clip_val=cfg.train.gradient_clip,
         limit_val_batches=1.0 if has_valid else 0,
         deterministic=False,
         default_root_dir=str(ckpt_root),
@@ -345,6 +344,7 @@ def _run_tracked(
         if values:
             timings[f"{name}_seconds_mean"] = statistics.fmean(values)
             timings[f"{name}_seconds_median"] = statistics.median(values)
+            timings[f"{name}_seconds_min"] = min(values)
 
     result: dict[str, Any] = {
         "run_id": tracker.run_id if tracker else None,

@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError, NonFiniteLossError
+from recstudio.model.ops import gather_rows
 
 
 class Recommender(pl.LightningModule):
@@ -55,6 +55,10 @@ class Recommender(pl.LightningModule):
         self._epoch_loss_count = 0
         self.evaluator = None  # set by the pipeline: recstudio.eval.ranking.RankingEvaluator
         self.epoch_history: list[dict[str, float]] = []
+        # One zero_grad/backward/step per batch, written out in ``training_step``: Lightning's
+        # automatic optimisation wraps every step in a closure and a dozen hooks, which cost
+        # about 1 ms per step on the 2-core CPU (a third of a BPR step on ml-100k).
+        self.automatic_optimization = False
 
     # ------------------------------------------------------------------ model API
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -83,6 +87,16 @@ class Recommender(pl.LightningModule):
         return torch.topk(scores, min(k, scores.shape[1]), dim=1)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are flat dicts of tensors: move them directly (Lightning's generic collection
+        walk costs about 0.3 ms per step, a tenth of a small training step on CPU)."""
+        if isinstance(batch, dict):
+            return {
+                k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()
+            }
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_loss_sum = None
         self._epoch_loss_count = 0
@@ -91,10 +105,17 @@ class Recommender(pl.LightningModule):
         loss = self.training_loss(batch)
         if loss is None:
             return None
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = self.train_config.gradient_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        optimizer.step()
         detached = loss.detach()
         self._epoch_loss_sum = detached if self._epoch_loss_sum is None else self._epoch_loss_sum + detached
         self._epoch_loss_count += 1
-        return loss
+        return detached
 
     def epoch_mean_loss(self) -> float | None:
         """Mean training loss of the current epoch so far (None before the first step)."""
@@ -109,6 +130,9 @@ class Recommender(pl.LightningModule):
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss is {value} at epoch {self.current_epoch}")
         self.log("train_loss", value, prog_bar=True, sync_dist=False)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()  # manual optimisation: epoch-interval schedulers are stepped here
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.evaluator.update(self.score_batch(batch), batch)
@@ -125,6 +149,9 @@ class Recommender(pl.LightningModule):
         monitor = self.train_config.monitor
         if monitor in metrics:
             self.log("monitor", metrics[monitor], prog_bar=True, sync_dist=False)
+            scheduler = self.lr_schedulers() if not self.trainer.sanity_checking else None
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(float(metrics[monitor]))
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.evaluator.update(self.score_batch(batch), batch)
@@ -223,7 +250,7 @@ class ItemTowerRecommender(Recommender):
         """Scores of each query's positive and K negatives, with one gather for all candidates.
 
         Returns (pos_score [N], neg_score [N, K], log_q_pos [N], log_q_neg [N, K], candidate
-        vectors [N, 1+K, d]); the vectors let a model regularise exactly what it scored.
+        ids [N, 1+K]); the ids let a model regularise exactly the rows it scored.
         Negatives come from the sampler unless ``neg_items`` [N, K] (static negatives) is given.
         """
         if neg_items is None:
@@ -233,9 +260,9 @@ class ItemTowerRecommender(Recommender):
         else:
             log_q_neg, log_q_pos = self.sampler.log_prob(neg_items), self.sampler.log_prob(pos_items)
         candidates = torch.cat([pos_items.unsqueeze(1), neg_items], dim=1)
-        vectors = F.embedding(candidates, self.item_vectors())
+        vectors = gather_rows(self.item_vectors(), candidates)
         scores = self.scorer.gather(query, vectors)
-        return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, vectors
+        return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, candidates
 
     def ranking_loss(
         self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None

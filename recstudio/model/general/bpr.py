@@ -19,6 +19,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
+from recstudio.model.ops import Embedding, sum_squared_rows
 from recstudio.model.registry import register
 
 
@@ -63,8 +64,8 @@ class BPR(TwoTowerRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = nn.Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = nn.Embedding(data.num_items, d, padding_idx=0)
+        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
+        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
         for table in (self.user_emb, self.item_emb):
             nn.init.normal_(table.weight, std=config.init_std)
             with torch.no_grad():
@@ -80,20 +81,21 @@ class BPR(TwoTowerRecommender):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Ranking loss plus ``reg_weight`` times the batch embeddings' squared norm.
 
-        The regulariser reuses the vectors the loss scored (one gather for the user, the positive
-        and its negatives), as in BPR-Opt.
+        The regulariser covers exactly the rows the loss scored (the user, the positive and its
+        negatives, counted as often as the batch used them), as in BPR-Opt.
         """
-        query = self.user_vectors(batch["user"])
-        pos = batch["item"]
+        users, pos = batch["user"], batch["item"]
+        query = self.user_vectors(users)
         if getattr(self.loss_fn, "needs_all_scores", False):
             loss = self.ranking_loss(query, pos)
-            reg = query.pow(2).sum() + self.item_emb(pos).pow(2).sum()
+            scored = pos
         else:
-            pos_s, neg_s, log_q_pos, log_q_neg, vectors = self.score_candidates(
+            pos_s, neg_s, log_q_pos, log_q_neg, scored = self.score_candidates(
                 query, pos, batch.get("neg_item")
             )
             loss = self.loss_fn(pos_s, neg_s, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
-            reg = query.pow(2).sum() + vectors.pow(2).sum()
         if self.config.reg_weight > 0:
+            reg = sum_squared_rows(self.user_emb.weight, users, rows=query)
+            reg = reg + sum_squared_rows(self.item_emb.weight, scored)
             loss = loss + self.config.reg_weight * reg / pos.shape[0]
         return loss
