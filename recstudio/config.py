@@ -79,6 +79,8 @@ class TrainConfig:
     seed: int = 2022
     static_negatives: int = 0
     """Negatives drawn once at load time per training row (0: draw fresh ones in every batch)."""
+    ddp_timeout: float = 1800.0
+    """With ``--devices`` > 1: seconds a rank waits in a collective before the run fails."""
 
 
 @dataclass
@@ -324,6 +326,8 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         raise ConfigError(f"config key 'train.learning_rate' must be > 0, got {t.learning_rate}")
     if t.weight_decay < 0:
         raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {t.weight_decay}")
+    if t.ddp_timeout <= 0:
+        raise ConfigError(f"config key 'train.ddp_timeout' must be > 0, got {t.ddp_timeout}")
     if not e.cutoffs or any(k < 1 for k in e.cutoffs):
         raise ConfigError(f"config key 'eval.cutoffs' must be positive integers, got {e.cutoffs}")
     if e.batch_size < 1:

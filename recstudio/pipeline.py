@@ -14,12 +14,12 @@ import math
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from recstudio.config import ResolvedConfig, resolve
-from recstudio.errors import TrainingError
+from recstudio.errors import ConfigError, TrainingError
 
 log = logging.getLogger("recstudio")
 
@@ -49,7 +49,11 @@ def _seq_len(cfg: ResolvedConfig) -> int | None:
     return getattr(cfg.model, "max_seq_len", None)
 
 
-def _resolve_devices(options: RunOptions) -> tuple[str, int | str]:
+def _resolve_devices(options: RunOptions) -> tuple[str, int]:
+    """(accelerator, number of devices): 'auto' is one GPU when CUDA is there, else the CPU.
+
+    ``devices`` > 1 means that many DDP processes: one per GPU, or that many CPU processes.
+    """
     import torch
 
     accelerator = options.accelerator
@@ -58,9 +62,12 @@ def _resolve_devices(options: RunOptions) -> tuple[str, int | str]:
     if accelerator == "gpu" and not torch.cuda.is_available():
         log.warning("accelerator 'gpu' requested but CUDA is not available; using CPU")
         accelerator = "cpu"
-    devices = options.devices
-    if devices == "auto":
-        devices = 1
+    devices = 1 if options.devices == "auto" else int(options.devices)
+    if devices < 1:
+        raise ConfigError(f"--devices must be >= 1, got {devices}")
+    if accelerator == "gpu" and devices > torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        raise ConfigError(f"--devices {devices} asks for more GPUs than the {visible} visible")
     return accelerator, devices
 
 
@@ -136,6 +143,8 @@ def _tame_lightning_logs(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned.*None.*")
+        # metrics are all-reduced by the evaluator itself before they are logged
+        warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 
 def _best_epoch(history: list[dict[str, float]], monitor_key: str) -> dict[str, float] | None:
@@ -217,6 +226,62 @@ def _run_tracked(
     tracker: Any,
     timings: dict[str, float],
 ) -> dict[str, Any]:
+    """Rank 0's run; with ``devices`` > 1 the other DDP ranks run beside it (``distributed``)."""
+    accelerator, devices = _resolve_devices(options)
+    if devices > 1 and not _has_trainable_parameters(cfg, data):
+        log.warning("%s has nothing to train by gradient; using one device, not %d", cfg.model_name, devices)
+        devices = 1
+    if tracker is not None:
+        tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
+        tracker.set_tags({"devices": str(devices), "accelerator": accelerator})
+    if devices == 1:
+        return train_and_test(cfg, options, data, trial, tracker, timings)
+
+    from recstudio.distributed import DistributedRun, free_port
+
+    port = free_port()
+    ckpt_root = options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-")
+    options = replace(options, accelerator=accelerator, devices=devices, checkpoint_dir=ckpt_root)
+    worker_options = replace(options, tracking=False, quiet=True, callbacks=[], parent_run_id=None)
+    log.info("training on %d %s processes (DDP, rendezvous on 127.0.0.1:%d)", devices, accelerator, port)
+    with DistributedRun(devices, _ddp_rank_main, (devices, port, cfg, worker_options, data)):
+        return train_and_test(
+            cfg, options, data, trial, tracker, timings, rank=0, world_size=devices, port=port
+        )
+
+
+def _has_trainable_parameters(cfg: ResolvedConfig, data: Any) -> bool:
+    from recstudio.model.registry import get_model_class
+
+    model = get_model_class(cfg.model_name)(cfg.model, data, cfg.train, cfg.eval)
+    return any(p.requires_grad for p in model.parameters())
+
+
+def _ddp_rank_main(
+    rank: int, world_size: int, port: int, cfg: ResolvedConfig, options: RunOptions, data: Any
+) -> None:
+    """Entry point of DDP ranks 1..N-1 (a spawned process): the same training, untracked."""
+    from recstudio.distributed import destroy_process_group
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        train_and_test(cfg, options, data, None, None, {}, rank=rank, world_size=world_size, port=port)
+    finally:
+        destroy_process_group()
+
+
+def train_and_test(
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    data: Any,
+    trial: Any,
+    tracker: Any,
+    timings: dict[str, float],
+    rank: int = 0,
+    world_size: int = 1,
+    port: int | None = None,
+) -> dict[str, Any]:
+    """Fit with early stopping, reload the best epoch, test once; one DDP rank of ``world_size``."""
     import pytorch_lightning as pl
     import torch
 
@@ -225,18 +290,17 @@ def _run_tracked(
     from recstudio.eval.ranking import RankingEvaluator, build_eval_split
     from recstudio.model.registry import get_model_class
 
-    if tracker is not None:
-        tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
-
     # ---------------------------------------------------------------- model
     pl.seed_everything(cfg.train.seed, workers=False, verbose=False)
     model_cls = get_model_class(cfg.model_name)
     model = model_cls(cfg.model, data, cfg.train, cfg.eval)
+    if world_size > 1:
+        torch.manual_seed(cfg.train.seed + rank)  # same initial weights, own negative-sampling stream
     seq_len = _seq_len(cfg)
     model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
 
     accelerator, devices = _resolve_devices(options)
-    rank, world = 0, 1  # DDP sharding is set up by the strategy (issue: multi-GPU)
+    rank, world = rank, world_size
     train_view = build_view(
         model_cls.view,
         data,
@@ -250,8 +314,8 @@ def _run_tracked(
     valid_split = build_eval_split(data, "valid", max_seq_len=seq_len)
     test_split = build_eval_split(data, "test", max_seq_len=seq_len)
     has_valid = len(valid_split.users) > 0
-    valid_loader = valid_split.blocks(cfg.eval.batch_size) if has_valid else None
-    test_loader = test_split.blocks(cfg.eval.batch_size)
+    valid_loader = valid_split.blocks(cfg.eval.batch_size, rank, world) if has_valid else None
+    test_loader = test_split.blocks(cfg.eval.batch_size, rank, world)
 
     t0 = time.perf_counter()
     model.fit_closed_form(data)
@@ -290,10 +354,19 @@ def _run_tracked(
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_view) // 4)))
+    distributed: dict[str, Any] = {}
+    if world > 1:
+        from recstudio.distributed import ddp_strategy
+
+        distributed = {
+            "strategy": ddp_strategy(rank, port or 0, accelerator, cfg.train.ddp_timeout),
+            "use_distributed_sampler": False,  # the views shard themselves
+        }
     trainer = pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=accelerator,
         devices=devices,
+        **distributed,
         logger=False,
         callbacks=callbacks,
         enable_progress_bar=show_progress,
@@ -323,6 +396,8 @@ def _run_tracked(
 
     # ---------------------------------------------------------------- best checkpoint -> test
     best_path = checkpoint.best_model_path or ""
+    if world > 1:
+        trainer.strategy.barrier("recstudio-best-checkpoint")  # rank 0 has written it
     if not best_path:
         best_path = str(ckpt_root / "best.ckpt")
         trainer.save_checkpoint(best_path, weights_only=True)
@@ -366,6 +441,101 @@ def _run_tracked(
         tracker.log_artifact(best_path, "checkpoints")
         result["checkpoint"] = tracker.artifact_location(f"checkpoints/{Path(best_path).name}")
     return result
+
+
+def evaluate_checkpoint(
+    cfg: ResolvedConfig,
+    checkpoint: str,
+    options: RunOptions | None = None,
+    data: Any = None,
+    splits: tuple[str, ...] = ("valid", "test"),
+) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of a saved checkpoint on ``splits``, on one or ``options.devices``
+    DDP processes (each rank scores a disjoint share of the users; sums are all-reduced)."""
+    options = options or RunOptions(tracking=False, quiet=True)
+    if data is None:
+        from recstudio.data import prepare
+
+        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
+    accelerator, devices = _resolve_devices(options)
+    options = replace(options, accelerator=accelerator, devices=devices, callbacks=[])
+    if devices == 1:
+        return _evaluate_rank(cfg, options, data, checkpoint, splits)
+    from recstudio.distributed import DistributedRun, free_port
+
+    port = free_port()
+    with DistributedRun(devices, _ddp_evaluate_main, (devices, port, cfg, options, data, checkpoint, splits)):
+        return _evaluate_rank(cfg, options, data, checkpoint, splits, rank=0, world_size=devices, port=port)
+
+
+def _ddp_evaluate_main(
+    rank: int,
+    world_size: int,
+    port: int,
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    data: Any,
+    checkpoint: str,
+    splits: tuple[str, ...],
+) -> None:
+    from recstudio.distributed import destroy_process_group
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        _evaluate_rank(cfg, options, data, checkpoint, splits, rank=rank, world_size=world_size, port=port)
+    finally:
+        destroy_process_group()
+
+
+def _evaluate_rank(
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    data: Any,
+    checkpoint: str,
+    splits: tuple[str, ...],
+    rank: int = 0,
+    world_size: int = 1,
+    port: int | None = None,
+) -> dict[str, dict[str, float]]:
+    import pytorch_lightning as pl
+    import torch
+
+    _tame_lightning_logs(options.verbose)
+    from recstudio.eval.ranking import RankingEvaluator, build_eval_split
+    from recstudio.model.registry import get_model_class
+
+    model = get_model_class(cfg.model_name)(cfg.model, data, cfg.train, cfg.eval)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state))
+    model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
+    distributed: dict[str, Any] = {}
+    if world_size > 1:
+        from recstudio.distributed import ddp_strategy
+
+        distributed = {
+            "strategy": ddp_strategy(rank, port or 0, options.accelerator, cfg.train.ddp_timeout),
+            "use_distributed_sampler": False,
+        }
+    trainer = pl.Trainer(
+        accelerator=options.accelerator,
+        devices=options.devices,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tempfile.gettempdir(),
+        **distributed,
+    )
+    results: dict[str, dict[str, float]] = {}
+    for split in splits:
+        blocks = build_eval_split(data, split, max_seq_len=_seq_len(cfg)).blocks(
+            cfg.eval.batch_size, rank, world_size
+        )
+        trainer.test(model, dataloaders=blocks, verbose=False)
+        results[split] = {
+            k[len("test/") :]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+        }
+    return results
 
 
 def run_prepared(

@@ -54,7 +54,11 @@ def common_run_options(func: Any) -> Any:
                 help="Where to train; auto picks a GPU when CUDA is available.",
             ),
             click.option(
-                "--devices", default="auto", show_default=True, help="Number of devices (GPUs) or 'auto'."
+                "--devices",
+                default="auto",
+                show_default=True,
+                help="Devices for one run: N > 1 trains with DDP, one process per GPU (or N CPU "
+                "processes with --accelerator cpu); train.batch_size is per device. auto = 1.",
             ),
             click.option(
                 "--json", "as_json", is_flag=True, help="Print one JSON result on stdout (logs go to stderr)."
