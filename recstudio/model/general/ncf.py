@@ -25,6 +25,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.ops import Embedding, gather_rows
 from recstudio.model.registry import register
 
 Variant = Literal["gmf", "mlp", "neumf"]
@@ -90,16 +91,16 @@ class NCF(TowerFreeRecommender):
         self.use_mlp = config.variant in ("mlp", "neumf")
         out_dim = 0
         if self.use_gmf:
-            self.gmf_user = nn.Embedding(data.num_users, d, padding_idx=0)
-            self.gmf_item = nn.Embedding(data.num_items, d, padding_idx=0)
+            self.gmf_user = Embedding(data.num_users, d, padding_idx=0)
+            self.gmf_item = Embedding(data.num_items, d, padding_idx=0)
             out_dim += d
         if self.use_mlp:
             if not config.mlp_layers:
                 from recstudio.errors import ConfigError
 
                 raise ConfigError("config key 'model.mlp_layers' needs a layer for variant mlp/neumf")
-            self.mlp_user = nn.Embedding(data.num_users, d, padding_idx=0)
-            self.mlp_item = nn.Embedding(data.num_items, d, padding_idx=0)
+            self.mlp_user = Embedding(data.num_users, d, padding_idx=0)
+            self.mlp_item = Embedding(data.num_items, d, padding_idx=0)
             sizes = [2 * d, *config.mlp_layers]
             # the first layer is kept apart: W [p; q] = W_p p + W_q q lets full ranking apply it
             # once per user and once per item instead of once per pair.
@@ -147,6 +148,27 @@ class NCF(TowerFreeRecommender):
         users, items = torch.broadcast_tensors(users, items)
         return self.predict(self._hidden(users, items)).squeeze(-1)
 
+    def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] of each user [B] against its own candidates ``items`` [B, C].
+
+        The same function as ``pair_scores``, arranged for training: the user side (GMF vector,
+        first MLP layer) is computed once per user instead of once per candidate, and the item
+        side of the first MLP layer once per catalogue item when the catalogue is smaller than
+        the batch's candidates.
+        """
+        parts = []
+        if self.use_gmf:
+            parts.append(self.gmf_user(users)[:, None, :] * self.gmf_item(items))
+        if self.use_mlp:
+            user_first = self.mlp_first_user(self.mlp_user(users))[:, None, :]
+            if self.num_items < items.numel():
+                item_first = gather_rows(self.mlp_first_item(self.mlp_item.weight), items)
+            else:
+                item_first = self.mlp_first_item(self.mlp_item(items))
+            parts.append(self.mlp(user_first + item_first))
+        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return self.predict(hidden).squeeze(-1)
+
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users, pos = batch["user"], batch["item"]
         neg = batch.get("neg_item")
@@ -154,9 +176,8 @@ class NCF(TowerFreeRecommender):
             neg, log_q_neg, log_q_pos = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos)
         else:
             log_q_neg, log_q_pos = self.sampler.log_prob(neg), self.sampler.log_prob(pos)
-        pos_score = self.pair_scores(users, pos)
-        neg_score = self.pair_scores(users[:, None], neg)
-        return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+        scores = self.candidate_scores(users, torch.cat([pos[:, None], neg], dim=1))
+        return self.loss_fn(scores[:, 0], scores[:, 1:], log_q_pos=log_q_pos, log_q_neg=log_q_neg)
 
     def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores [B, num_items], computed over item chunks of bounded size."""
