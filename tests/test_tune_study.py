@@ -299,3 +299,22 @@ def test_hard_killed_trial_is_failed_and_retried(workdir: Path, tracking_uri: st
     assert runs[0].info.status == "FAILED" and "heartbeat lost" in runs[0].data.tags["error"]
     assert runs[1].info.status == "FINISHED"
     assert math.isfinite(retry.value)
+
+
+def test_two_invocations_opening_one_new_study_keep_one_parent(workdir: Path, tracking_uri: str) -> None:
+    """Both saw no parent id in the new study and both opened a run: the older one stays."""
+    from recstudio.tune.study import ParentRun
+
+    settings = settings_for(workdir, "race", trials=1, dims=(16,), tracking_uri=tracking_uri)
+    study = optuna.create_study(study_name="race", storage=settings.storage, direction="maximize")
+    first = ParentRun.open(study, settings)
+    study.set_user_attr("mlflow_parent_run_id", "")  # as read by the second invocation
+    second = ParentRun.open(study, settings)
+    assert second.run_id == first.run_id
+    assert study.user_attrs["mlflow_parent_run_id"] == first.run_id
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_run(first.run_id).info.experiment_id
+    parents = client.search_runs(
+        [experiment], filter_string="tags.`optuna.study` = 'race' and tags.`recstudio.tune.role` = 'study'"
+    )
+    assert [r.info.run_id for r in parents] == [first.run_id]

@@ -396,7 +396,13 @@ class ParentRun:
             uri, experiment=settings.experiment, run_name=f"study-{study.study_name}", tags=tags
         )
         parent = cls(uri, settings.experiment, tracker.run_id)
-        parent.set_tags(parent.study_tags(settings))
+        parent.set_tags({**parent.study_tags(settings), "optuna.study_id": str(study._study_id)})
+        winner = parent.settle_parent(tracker.experiment_id, study)
+        if winner != tracker.run_id:
+            parent.run_id = winner
+            study.set_user_attr(ATTR_PARENT_RUN, winner)
+            study.set_user_attr(ATTR_TRACKING_URI, uri)
+            return parent
         try:
             params = {f"space.{k}": v for k, v in describe(settings.space).items()}
             params.update({"study": study.study_name, "metric": settings.metric, "direction": "maximize"})
@@ -408,6 +414,37 @@ class ParentRun:
         study.set_user_attr(ATTR_PARENT_RUN, tracker.run_id)
         study.set_user_attr(ATTR_TRACKING_URI, uri)
         return parent
+
+    def settle_parent(self, experiment_id: str, study: optuna.Study) -> str:
+        """The one parent run of ``study`` when several invocations opened one at once.
+
+        Two ``recstudio tune`` commands starting the same new study at the same moment both
+        find no parent id in the study and both open a run. Each then lists the study's
+        parent runs (same study name, storage and study id); all agree that the oldest (start
+        time, then run id) is the parent, and every other one deletes its own run.
+        """
+        wanted = {
+            "recstudio.tune.role": "study",
+            "optuna.study": study.study_name,
+            "optuna.storage": self.client.get_run(self.run_id).data.tags.get("optuna.storage", ""),
+            "optuna.study_id": str(study._study_id),
+        }
+        runs = self.client.search_runs(
+            [experiment_id], filter_string="tags.`recstudio.tune.role` = 'study'", max_results=1000
+        )
+        mine = [r for r in runs if all(r.data.tags.get(k) == v for k, v in wanted.items())]
+        if not mine:
+            return self.run_id
+        oldest = min(mine, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if oldest != self.run_id:
+            log.info(
+                "study '%s' already has MLflow parent run %s; dropping %s",
+                study.study_name,
+                oldest,
+                self.run_id,
+            )
+            self.client.delete_run(self.run_id)
+        return oldest
 
     @staticmethod
     def study_tags(settings: TuneSettings) -> dict[str, str]:
