@@ -283,3 +283,25 @@ def test_cuda_evaluation_matches_cpu(ties: bool) -> None:
     for key, value in cpu.items():
         if key == "auc" or not ties:
             assert cuda[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_eval_blocks_are_built_once_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recstudio.eval.ranking import EvalBlocks
+    from recstudio.testing import planted_data
+
+    split = build_eval_split(planted_data(), "valid")
+    blocks = split.blocks(7)
+    built = []
+    original = EvalBlocks._batch
+    monkeypatch.setattr(EvalBlocks, "_batch", lambda self, a, b: built.append(a) or original(self, a, b))
+    first = list(blocks)
+    second = list(blocks)
+    assert len(built) == len(blocks) > 1  # the second pass built nothing
+    assert all(a is b for a, b in zip(first, second))
+
+    monkeypatch.setattr(EvalBlocks, "cache_bytes", 0)  # too big to keep: rebuilt every pass
+    built.clear()
+    uncached = split.blocks(7)
+    list(uncached)
+    list(uncached)
+    assert len(built) == 2 * len(uncached)
