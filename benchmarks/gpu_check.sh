@@ -5,9 +5,9 @@
 #
 # Needs the project importable (pip install -e ".[gpu,dev]", or PYTHONPATH) and a CUDA build of torch.
 # Settings (environment):
-#   GPU_CHECK_MODELS     models for the speed benchmark (default "BPR"), space-separated
-#   GPU_CHECK_DATASETS   datasets (default "ml-100k"), space-separated; raw files from
-#                        $RECSTUDIO_DATA_DIR, else ../shared/datasets beside the checkout
+#   GPU_CHECK_RUNS       speed runs as MODEL:DATASET[:BATCH] (BATCH 0 = the model's default), space-
+#                        separated; default "BPR:experiments/datasets/ml-1m-pairs.yaml:2048
+#                        SASRec:ml-100k:0". Raw files from $RECSTUDIO_DATA_DIR, else ../shared/datasets
 #   GPU_CHECK_EPOCHS     epochs per speed run (default 5)
 #   GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_SPEED_TIMEOUT   seconds (default 240 / 180 per speed run)
 #   GPU_CHECK_DEVICE=cpu dry run of the script itself where there is no GPU
@@ -20,8 +20,7 @@ PY="${PYTHON:-$(command -v python || command -v python3)}"
 OUTDIR="${1:-${OUT:-gpu_check}}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
-MODELS="${GPU_CHECK_MODELS:-BPR}"
-DATASETS="${GPU_CHECK_DATASETS:-ml-100k}"
+RUNS="${GPU_CHECK_RUNS:-BPR:experiments/datasets/ml-1m-pairs.yaml:2048 SASRec:ml-100k:0}"
 EPOCHS="${GPU_CHECK_EPOCHS:-5}"
 TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-240}"
 SPEED_TIMEOUT="${GPU_CHECK_SPEED_TIMEOUT:-180}"
@@ -80,15 +79,16 @@ if [[ $NO_GPU == 0 ]]; then
   esac
 
   # --- 3. the speed benchmark on CUDA
-  ds_args=()
-  for d in $DATASETS; do ds_args+=(--dataset "$d"); done
-  for model in $MODELS; do
+  for spec in $RUNS; do
+    IFS=: read -r model dataset batch <<<"$spec"
+    name="$model-$(basename "${dataset%.yaml}")"
     t0=$SECONDS
-    timeout -k 10 "$SPEED_TIMEOUT" "$PY" benchmarks/speed.py --device "$DEVICE" --model "$model" "${ds_args[@]}" \
-      --epochs "$EPOCHS" --json "$OUTDIR/speed-$model.json" >"$OUTDIR/speed-$model.log" 2>&1
+    timeout -k 10 "$SPEED_TIMEOUT" "$PY" benchmarks/speed.py --device "$DEVICE" --model "$model" \
+      --dataset "$dataset" --batch-size "${batch:-2048}" --epochs "$EPOCHS" \
+      --json "$OUTDIR/speed-$name.json" >"$OUTDIR/speed-$name.log" 2>&1
     rc=$?
-    if [[ $rc -eq 0 && -s "$OUTDIR/speed-$model.json" ]]; then
-      "$PY" - "$OUTDIR/speed-$model.json" "$((SECONDS - t0))" >>"$ROWS" <<'EOF'
+    if [[ $rc -eq 0 && -s "$OUTDIR/speed-$name.json" ]]; then
+      "$PY" - "$OUTDIR/speed-$name.json" "$((SECONDS - t0))" >>"$ROWS" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))["speed"]
 for r in rows:
@@ -100,10 +100,24 @@ EOF
     else
       why="exit $rc"
       [[ $rc == 124 || $rc == 137 ]] && why="timed out after ${SPEED_TIMEOUT} s"
-      row "speed $model $DEVICE" FAIL $((SECONDS - t0)) "$why: $(tail -n 1 "$OUTDIR/speed-$model.log") (log: speed-$model.log)"
+      row "speed $name $DEVICE" FAIL $((SECONDS - t0)) "$why: $(tail -n 1 "$OUTDIR/speed-$name.log") (log: speed-$name.log)"
       FAILED=1
     fi
   done
+
+  # --- 4. one run on two GPUs (DDP), where there are two
+  if [[ "$DEVICE" == cuda ]] && "$PY" -c "import sys, torch; sys.exit(torch.cuda.device_count() < 2)"; then
+    t0=$SECONDS
+    if timeout -k 10 "$SPEED_TIMEOUT" "$PY" -m recstudio run -m BPR -d ml-100k --devices 2 --epochs 3 \
+      --tracking-uri "sqlite:///$OUTDIR/mlflow.db" --json >"$OUTDIR/ddp.json" 2>"$OUTDIR/ddp.log"; then
+      row "run --devices 2" ok $((SECONDS - t0)) "$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('test ndcg@10', round(r['test']['ndcg@10'], 4))" "$OUTDIR/ddp.json")"
+    else
+      row "run --devices 2" FAIL $((SECONDS - t0)) "$(tail -n 1 "$OUTDIR/ddp.log") (log: ddp.log)"
+      FAILED=1
+    fi
+  else
+    row "run --devices 2" skip 0 "fewer than 2 GPUs (the 2-process path is tested on CPU: tests/test_distributed.py)"
+  fi
 fi
 
 # --- the table

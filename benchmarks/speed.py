@@ -31,7 +31,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_dataset(model: str, dataset: str, device: str, epochs: int, cache_dir: str) -> dict:
+def bench_dataset(
+    model: str, dataset: str, device: str, epochs: int, cache_dir: str, batch_size: int = 2048
+) -> dict:
     import torch
 
     from recstudio.config import resolve
@@ -42,7 +44,11 @@ def bench_dataset(model: str, dataset: str, device: str, epochs: int, cache_dir:
     cfg = resolve(
         model=model,
         dataset=dataset,
-        overrides={"epochs": epochs, "early_stop_patience": 0, "batch_size": 2048},
+        overrides={
+            "epochs": epochs,
+            "early_stop_patience": 0,
+            **({"batch_size": batch_size} if batch_size > 0 else {}),
+        },
         dataset_defaults=spec.defaults,
     )
     t0 = time.perf_counter()
@@ -144,6 +150,9 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", help="repeatable; default ml-100k and ml-1m pairs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--batch-size", type=int, default=2048, help="training batch (default 2048; 0: the model's default)"
+    )
     parser.add_argument("--end-to-end", action="store_true", help="also time `recstudio run` with defaults")
     parser.add_argument("--json", dest="json_out", help="write the rows to this JSON file")
     args = parser.parse_args()
@@ -153,11 +162,14 @@ def main() -> None:
     rows, e2e = [], []
     with tempfile.TemporaryDirectory() as cache_dir:
         for dataset in args.dataset or DEFAULT_DATASETS:
-            rows.append(bench_dataset(args.model, dataset, args.device, args.epochs, cache_dir))
+            rows.append(
+                bench_dataset(args.model, dataset, args.device, args.epochs, cache_dir, args.batch_size)
+            )
             if args.end_to_end:
                 e2e.append(end_to_end(args.model, dataset, cache_dir))
+    batch = args.batch_size if args.batch_size > 0 else "model default"
     print_table(
-        rows, f"speed: {args.model}, batch 2048, validation every epoch ({args.epochs} epochs, median)"
+        rows, f"speed: {args.model}, batch {batch}, validation every epoch ({args.epochs} epochs, median)"
     )
     print_table(e2e, "end to end: `recstudio run` with defaults (early stopping), wall seconds incl. imports")
     if args.json_out:
