@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tune": ("recstudio.commands.tune", "tune_command", "Run an Optuna study whose trials are runs."),
     "studies": ("recstudio.commands.tune", "studies_command", "List Optuna studies in a storage."),
     "best": ("recstudio.commands.tune", "best_command", "Show (and export) a study's best trial."),
+    "evaluate": (
+        "recstudio.commands.evaluate",
+        "evaluate_command",
+        "Full-ranking metrics of a saved checkpoint (a run's or a file).",
+    ),
     "models": ("recstudio.commands.models", "models_command", "List the registered models by family."),
     "datasets": ("recstudio.data.cli", "datasets", "List, prepare, inspect or clear datasets and the cache."),
     "ui": ("recstudio.commands.ui", "ui_command", "Serve the MLflow UI for the local tracking store."),

@@ -96,6 +96,22 @@ def test_run_json_and_mlflow_record(workdir: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["test"] == pytest.approx(result["test"], abs=1e-6)
 
+    # `recstudio evaluate` scores the run's best checkpoint with its own config
+    scored = cli("evaluate", "--run-id", result["run_id"], "--split", "test", "--json", cwd=workdir)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    evaluated = json.loads(scored.stdout)
+    assert set(evaluated) == {"model", "dataset", "run_id", "test"}
+    assert evaluated["test"] == pytest.approx(result["test"], abs=1e-6)
+
+
+def test_evaluate_needs_one_source(workdir: Path) -> None:
+    out = cli("evaluate", cwd=workdir)
+    assert out.returncode == 2
+    assert "exactly one of --run-id and --checkpoint" in out.stderr
+    missing = cli("evaluate", "--run-id", "0123456789abcdef", "--json", cwd=workdir)
+    assert missing.returncode == 2
+    assert "0123456789abcdef" in missing.stderr and "Traceback" not in missing.stderr
+
 
 @pytest.mark.parametrize(
     "args, expected",

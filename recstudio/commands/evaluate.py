@@ -1,0 +1,134 @@
+"""``recstudio evaluate``: full-ranking metrics of a saved checkpoint, on one or several devices.
+
+Either name an MLflow run (its ``config.yaml`` and best checkpoint are downloaded from the
+tracking store), or give a checkpoint file with the model, dataset and config that trained it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recstudio.commands.run import parse_devices, resolve_from_cli
+from recstudio.errors import ConfigError
+
+
+def _from_run(run_id: str, tracking_uri: str | None, workdir: str) -> tuple[Path, Path]:
+    """(config.yaml, checkpoint) of a tracked run, downloaded into ``workdir``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recstudio.track.tracker import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        client.get_run(run_id)
+        checkpoints = [
+            a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")
+        ]
+        if not checkpoints:
+            raise ConfigError(f"MLflow run {run_id} has no checkpoint artifact (checkpoints/*.ckpt)")
+        config = Path(client.download_artifacts(run_id, "config.yaml", workdir))
+        checkpoint = Path(client.download_artifacts(run_id, checkpoints[0], workdir))
+    except MlflowException as exc:
+        raise ConfigError(f"cannot read MLflow run {run_id}: {exc.message}") from None
+    return config, checkpoint
+
+
+@click.command("evaluate")
+@click.option("--run-id", help="MLflow run whose config and best checkpoint to evaluate.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Checkpoint file (with -m/-d/--config/--set as it was trained) instead of --run-id.",
+)
+@click.option("-m", "--model", help="Model name (with --checkpoint).")
+@click.option("-d", "--dataset", help="Dataset name or spec YAML (with --checkpoint).")
+@click.option("-c", "--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-s", "--set", "set_items", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the raw files.")
+@click.option(
+    "--tracking-uri", help="MLflow tracking URI of --run-id (default $MLFLOW_TRACKING_URI or ./mlruns)."
+)
+@click.option(
+    "--split",
+    "splits",
+    type=click.Choice(["valid", "test"]),
+    multiple=True,
+    help="Split(s) to evaluate (default both).",
+)
+@click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option(
+    "--devices",
+    default="auto",
+    show_default=True,
+    help="N > 1 evaluates as N DDP processes, each scoring a share of the users.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def evaluate_command(
+    run_id: str | None,
+    checkpoint: str | None,
+    model: str | None,
+    dataset: str | None,
+    config_files: tuple[str, ...],
+    set_items: tuple[str, ...],
+    data_dir: str | None,
+    tracking_uri: str | None,
+    splits: tuple[str, ...],
+    accelerator: str,
+    devices: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Full-ranking metrics of a saved model (the best checkpoint of a run, or a file).
+
+    \b
+    Examples:
+      recstudio evaluate --run-id 3f2c...            # a run in ./mlruns
+      recstudio evaluate --run-id 3f2c... --devices 2 --json
+      recstudio evaluate --checkpoint best.ckpt -m BPR -d ml-100k --split test
+    """
+    from recstudio.cli import setup_logging
+
+    setup_logging(quiet=quiet or as_json)
+    if bool(run_id) == bool(checkpoint):
+        raise ConfigError("give exactly one of --run-id and --checkpoint")
+    with tempfile.TemporaryDirectory(prefix="recstudio-eval-") as workdir:
+        if run_id:
+            if model or dataset:
+                raise ConfigError("--run-id takes model and dataset from the run; drop -m/-d")
+            config_path, ckpt = _from_run(run_id, tracking_uri, workdir)
+            files = (str(config_path), *config_files)
+        else:
+            if not model and not config_files:
+                raise ConfigError("--checkpoint needs the model: -m MODEL or a --config naming it")
+            ckpt, files = Path(checkpoint or ""), config_files
+        cfg = resolve_from_cli(model, dataset, data_dir, files, set_items, {})
+
+        from recstudio.pipeline import RunOptions, evaluate_checkpoint
+
+        options = RunOptions(
+            data_dir=data_dir,
+            tracking=False,
+            quiet=True,
+            accelerator=accelerator,
+            devices=parse_devices(devices),
+        )
+        redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        with redirect:
+            metrics = evaluate_checkpoint(cfg, str(ckpt), options, splits=tuple(splits) or ("valid", "test"))
+    result: dict[str, Any] = {"model": cfg.model_name, "dataset": cfg.dataset, "run_id": run_id, **metrics}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"model {cfg.model_name} on {cfg.dataset}")
+    for split, values in metrics.items():
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if "@10" in k or k == "auc")
+        click.echo(f"  {split:5s} {shown}")
