@@ -8,7 +8,7 @@
 #   RECSTUDIO_MODEL, RECSTUDIO_DATASET, RECSTUDIO_STUDY   what to tune and the study's name
 #   RECSTUDIO_TRIALS          trials this worker runs (each worker runs its own; default 20)
 #   RECSTUDIO_TUNE_ARGS       more `recstudio tune` options, split on spaces (e.g. "--sampler tpe --seed 1")
-#   RECSTUDIO_WORKER_GPU      pin this GPU index instead of slot % number-of-GPUs
+#   RECSTUDIO_WORKER_GPU      pin this GPU index (or a list such as 0,1 for --devices 2) instead of slot % number-of-GPUs
 #   RECSTUDIO_STUDY_WAIT_S    how long workers other than slot 0 wait for the study to exist (default 600)
 #
 # Arguments: none -> `recstudio tune ...` from the variables above; starting with '-' -> appended
