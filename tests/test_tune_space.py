@@ -213,3 +213,22 @@ def test_load_search_space_files(tmp_path) -> None:
         load_search_space(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_search_space(tmp_path / "missing.yaml")
+
+
+def test_baseline_params_take_the_config_values_inside_the_space() -> None:
+    from recstudio.config import resolve
+    from recstudio.tune.space import baseline_params
+
+    space = normalize(
+        {
+            "embed_dim": [16, 64],
+            "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "train.weight_decay": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
+        },
+        get_model_class("BPR"),
+    )
+    base = resolve(model="BPR", dataset="planted", overrides={"train.learning_rate": 5e-3}).to_dict()
+    params = baseline_params(space, base)
+    # BPR defaults embed_dim 64 and reg_weight 3e-3; --set learning rate; weight_decay 0 is outside
+    assert params == {"model.embed_dim": 64, "model.reg_weight": 3e-3, "train.learning_rate": 5e-3}

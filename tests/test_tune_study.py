@@ -318,3 +318,17 @@ def test_two_invocations_opening_one_new_study_keep_one_parent(workdir: Path, tr
         [experiment], filter_string="tags.`optuna.study` = 'race' and tags.`recstudio.tune.role` = 'study'"
     )
     assert [r.info.run_id for r in parents] == [first.run_id]
+
+
+def test_baseline_is_the_first_trial_of_a_new_study(workdir: Path) -> None:
+    from recstudio.tune.study import create_or_load, make_storage
+
+    settings = settings_for(workdir, "baseline", trials=1, dims=(16, 64), baseline=True)
+    storage = make_storage(settings.storage, heartbeat_interval=None)
+    study, resumed = create_or_load(settings, storage)
+    assert not resumed
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"model.embed_dim": 64}]  # BPR default
+    assert waiting[0].user_attrs["baseline"] is True
+    study, resumed = create_or_load(settings, storage)  # resuming enqueues nothing more
+    assert resumed and len(study.trials) == 1

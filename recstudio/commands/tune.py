@@ -41,6 +41,7 @@ TUNE_KEYS = (
     "seed",
     "search_space",
     "heartbeat_interval",
+    "baseline",
 )
 
 
@@ -172,6 +173,13 @@ def _duration(seconds: float | None) -> str:
     help="Seconds between trial heartbeats; a trial silent for 2x this is FAIL and retried once (0: off). "
     "Default 60.",
 )
+@click.option(
+    "--baseline",
+    is_flag=True,
+    default=None,
+    help="A new study's first trial uses the model's defaults (and --set values) for the searched keys "
+    "that lie inside the space, so the study starts from the untuned config.",
+)
 @config_flags()
 def tune_command(
     model,
@@ -196,6 +204,7 @@ def tune_command(
     search_space,
     workers,
     heartbeat_interval,
+    baseline,
     config_flags,
 ) -> None:
     """Tune a model's hyperparameters with Optuna; every trial is a `recstudio run`.
@@ -237,6 +246,7 @@ def tune_command(
             search_space=search_space,
             workers=workers,
             heartbeat_interval=heartbeat_interval,
+            baseline=baseline,
         )
     settings.tracking_uri = tracking_uri
     settings.experiment = experiment or "recstudio"
@@ -282,6 +292,7 @@ def build_settings(
     search_space: str | None = None,
     workers: int | None = None,
     heartbeat_interval: int | None = None,
+    baseline: bool | None = None,
 ) -> Any:
     """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section)."""
     from recstudio.errors import ConfigError
@@ -359,6 +370,7 @@ def build_settings(
         seed=int(seed) if seed is not None else None,
         workers=int(workers or section.get("workers") or 1),
         heartbeat_interval=int(heartbeat_interval),
+        baseline=bool(baseline if baseline is not None else section.get("baseline", False)),
         fixed=fixed,
         data_dir=data_dir,
     )

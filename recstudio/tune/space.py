@@ -515,3 +515,28 @@ def describe(space: SearchSpace) -> dict[str, str]:
                 text += f" step {spec['step']}"
             out[key] = text
     return out
+
+
+def baseline_params(space: SearchSpace, base_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna params of the fixed config's own values for the searched keys (``--baseline``).
+
+    ``base_config`` is the nested resolved config (defaults plus ``--set``). A key whose value lies
+    outside its distribution (e.g. ``weight_decay`` 0 in a log range) is left out, so the sampler
+    draws it for that trial.
+    """
+    dists = distributions(space)
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        node: Any = base_config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue
+        value = json.dumps(node) if spec.get("encoded") else node
+        try:
+            inside = dists[key]._contains(dists[key].to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if inside:
+            params[key] = value
+    return params

@@ -76,6 +76,8 @@ class TuneSettings:
     """Sampler seed (``--seed``); worker i and a resumed study derive their own from it."""
     seed_offset: int = 0
     workers: int = 1
+    baseline: bool = False
+    """A new study's first trial uses the fixed config's values of the searched keys."""
     heartbeat_interval: int = 60
     grace_period: int | None = None
     max_retry: int = 1
@@ -271,6 +273,13 @@ def create_or_load(
         )
     check_space_compatible(study, settings.space)
     attrs = study.user_attrs
+    if not existing and settings.baseline:
+        from recstudio.tune.space import baseline_params
+
+        params = baseline_params(settings.space, settings.base_config)
+        if params:
+            study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+            log.info("trial 0 is the baseline: %s", params)
     if not existing or "model" not in attrs:
         for key, value in {
             "model": settings.model,
