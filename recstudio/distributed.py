@@ -76,6 +76,18 @@ def ddp_strategy(rank: int, port: int, accelerator: str, timeout_seconds: float)
     )
 
 
+def trainer_kwargs(
+    rank: int, world_size: int, port: int | None, accelerator: str, timeout: float
+) -> dict[str, Any]:
+    """Extra ``pl.Trainer`` arguments for one rank of a ``DistributedRun`` ({} on one device)."""
+    if world_size == 1:
+        return {}
+    return {
+        "strategy": ddp_strategy(rank, port or 0, accelerator, timeout),
+        "use_distributed_sampler": False,  # the views and evaluation blocks shard themselves
+    }
+
+
 class DistributedRun:
     """Context manager around rank 0's work: starts ranks 1..N-1, reaps them afterwards.
 

@@ -354,14 +354,9 @@ def train_and_test(
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_view) // 4)))
-    distributed: dict[str, Any] = {}
-    if world > 1:
-        from recstudio.distributed import ddp_strategy
+    from recstudio.distributed import trainer_kwargs
 
-        distributed = {
-            "strategy": ddp_strategy(rank, port or 0, accelerator, cfg.train.ddp_timeout),
-            "use_distributed_sampler": False,  # the views shard themselves
-        }
+    distributed = trainer_kwargs(rank, world, port, accelerator, cfg.train.ddp_timeout)
     trainer = pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=accelerator,
@@ -508,14 +503,9 @@ def _evaluate_rank(
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("state_dict", state))
     model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
-    distributed: dict[str, Any] = {}
-    if world_size > 1:
-        from recstudio.distributed import ddp_strategy
+    from recstudio.distributed import trainer_kwargs
 
-        distributed = {
-            "strategy": ddp_strategy(rank, port or 0, options.accelerator, cfg.train.ddp_timeout),
-            "use_distributed_sampler": False,
-        }
+    distributed = trainer_kwargs(rank, world_size, port, options.accelerator, cfg.train.ddp_timeout)
     trainer = pl.Trainer(
         accelerator=options.accelerator,
         devices=options.devices,
