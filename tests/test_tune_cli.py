@@ -324,3 +324,30 @@ def test_ready_study_configs_are_valid(path: Path, tmp_path: Path) -> None:
 
     make_sampler(settings.sampler, settings.space, 0, settings.sampler_options)
     make_pruner(settings.pruner, settings.pruner_options, settings.base_config["train"]["epochs"])
+
+
+@pytest.mark.parametrize(
+    "sampler, pruner, expected",
+    [
+        (None, None, "hyperband"),
+        ("tpe", None, "hyperband"),
+        ("random", None, "median"),
+        ("tpe", "median", "median"),
+    ],
+)
+def test_default_pruner_follows_the_sampler(
+    spec: Path, workdir: Path, sampler: str | None, pruner: str | None, expected: str
+) -> None:
+    from recstudio.commands.tune import build_settings
+
+    settings = build_settings(
+        model="BPR",
+        dataset="tiny.yaml",
+        data_dir=None,
+        config_files=[],
+        set_items=(),
+        config_flags={},
+        sampler=sampler,
+        pruner=pruner,
+    )
+    assert settings.pruner == expected
