@@ -230,5 +230,5 @@ def test_baseline_params_take_the_config_values_inside_the_space() -> None:
     )
     base = resolve(model="BPR", dataset="planted", overrides={"train.learning_rate": 5e-3}).to_dict()
     params = baseline_params(space, base)
-    # BPR defaults embed_dim 64 and reg_weight 3e-3; --set learning rate; weight_decay 0 is outside
-    assert params == {"model.embed_dim": 64, "model.reg_weight": 3e-3, "train.learning_rate": 5e-3}
+    # BPR defaults embed_dim 64 and reg_weight 5e-3; --set learning rate; weight_decay 0 is outside
+    assert params == {"model.embed_dim": 64, "model.reg_weight": 5e-3, "train.learning_rate": 5e-3}

@@ -37,7 +37,7 @@ class BPR(TwoTowerRecommender):
         """Dimension of user and item embeddings."""
         init_std: float = 0.01
         """Standard deviation of the normal initialisation of both tables."""
-        reg_weight: float = 3e-3
+        reg_weight: float = 5e-3
         """L2 penalty on the embeddings used in the batch (users, positives, negatives), summed
         over the dimension and averaged over the batch; the BPR-Opt regulariser of the paper."""
         scorer: str = "inner_product"
