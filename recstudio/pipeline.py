@@ -300,7 +300,6 @@ def train_and_test(
     model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
 
     accelerator, devices = _resolve_devices(options)
-    rank, world = rank, world_size
     train_view = build_view(
         model_cls.view,
         data,
@@ -309,13 +308,13 @@ def train_and_test(
         static_negatives=cfg.train.static_negatives,
         max_len=seq_len or 50,
         rank=rank,
-        world_size=world,
+        world_size=world_size,
     )
     valid_split = build_eval_split(data, "valid", max_seq_len=seq_len)
     test_split = build_eval_split(data, "test", max_seq_len=seq_len)
     has_valid = len(valid_split.users) > 0
-    valid_loader = valid_split.blocks(cfg.eval.batch_size, rank, world) if has_valid else None
-    test_loader = test_split.blocks(cfg.eval.batch_size, rank, world)
+    valid_loader = valid_split.blocks(cfg.eval.batch_size, rank, world_size) if has_valid else None
+    test_loader = test_split.blocks(cfg.eval.batch_size, rank, world_size)
 
     t0 = time.perf_counter()
     model.fit_closed_form(data)
@@ -356,7 +355,7 @@ def train_and_test(
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_view) // 4)))
     from recstudio.distributed import trainer_kwargs
 
-    distributed = trainer_kwargs(rank, world, port, accelerator, cfg.train.ddp_timeout)
+    distributed = trainer_kwargs(rank, world_size, port, accelerator, cfg.train.ddp_timeout)
     trainer = pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=accelerator,
@@ -391,7 +390,7 @@ def train_and_test(
 
     # ---------------------------------------------------------------- best checkpoint -> test
     best_path = checkpoint.best_model_path or ""
-    if world > 1:
+    if world_size > 1:
         trainer.strategy.barrier("recstudio-best-checkpoint")  # rank 0 has written it
     if not best_path:
         best_path = str(ckpt_root / "best.ckpt")

@@ -173,6 +173,19 @@ def test_ncf_full_ranking_equals_pairwise_and_is_chunked(variant: str) -> None:
     torch.testing.assert_close(chunked, pairwise)
 
 
+@pytest.mark.parametrize("variant", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("candidates", [1, 40])  # 7 < 10 items: per candidate; 280: per catalogue item
+def test_ncf_training_scores_equal_pairwise(variant: str, candidates: int) -> None:
+    data = tiny_data()
+    model = NCF(NCF.Config(variant=variant, embed_dim=8, mlp_layers=[16, 8]), data).eval()
+    users = torch.arange(1, data.num_users)
+    items = torch.randint(1, data.num_items, (users.shape[0], candidates))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.candidate_scores(users, items), model.pair_scores(users[:, None], items)
+        )
+
+
 def test_ncf_mlp_first_layer_split_equals_concat_linear() -> None:
     data = tiny_data()
     model = NCF(NCF.Config(variant="mlp", embed_dim=4, mlp_layers=[6]), data).eval()
