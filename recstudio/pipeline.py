@@ -116,9 +116,8 @@ class _EpochRecorder:
                 seconds = time.perf_counter() - self._v0
                 self.valid_seconds.append(seconds)
                 self._row["valid_seconds"] = seconds
-                for key, value in trainer.callback_metrics.items():
-                    if key.startswith("valid/"):
-                        self._row[key] = float(value)
+                for key, value in pl_module.valid_metrics.items():
+                    self._row[f"valid/{key}"] = float(value)
 
         return EpochRecorder(*args, **kwargs)
 
@@ -403,9 +402,7 @@ def train_and_test(
     t0 = time.perf_counter()
     trainer.test(model, dataloaders=test_loader, verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
-    test_metrics = {
-        k[len("test/") :]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
-    }
+    test_metrics = dict(model.test_metrics)
     valid_metrics = (
         {k[len("valid/") :]: v for k, v in best_row.items() if k.startswith("valid/")} if best_row else {}
     )
@@ -521,9 +518,7 @@ def _evaluate_rank(
             cfg.eval.batch_size, rank, world_size
         )
         trainer.test(model, dataloaders=blocks, verbose=False)
-        results[split] = {
-            k[len("test/") :]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
-        }
+        results[split] = dict(model.test_metrics)
     return results
 
 

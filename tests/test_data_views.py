@@ -61,6 +61,28 @@ def test_triplet_static_negatives() -> None:
     assert all_neg.min() >= 1 and all_neg.max() <= 9  # never padding id 0
 
 
+@pytest.mark.parametrize("static_negatives", [0, 2])
+def test_triplet_epoch_gather_gives_the_batch_by_batch_batches(monkeypatch, static_negatives: int) -> None:
+    """The whole-epoch gather (batches are slices of it) and the per-batch gather used above the
+    memory limit yield identical batches."""
+    import recstudio.data.views as views
+
+    def epoch_with_limit(view, limit: int) -> list[dict[str, torch.Tensor]]:
+        monkeypatch.setattr(views, "EPOCH_GATHER_LIMIT", limit)
+        return _epoch(view)
+
+    whole = build_view("triplet", _data(), batch_size=3, seed=5, static_negatives=static_negatives)
+    per_batch = build_view("triplet", _data(), batch_size=3, seed=5, static_negatives=static_negatives)
+    for _ in range(2):
+        sliced, built = epoch_with_limit(whole, 256 << 20), epoch_with_limit(per_batch, 0)
+        assert len(sliced) == len(built) == 3
+        storage = [b["user"].untyped_storage().data_ptr() for b in sliced + built]
+        assert storage[0] == storage[1] == storage[2]  # slices of one epoch gather
+        assert len(set(storage[3:])) == 3  # built one by one
+        for a, b in zip(sliced, built):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_user_view_history_multi_hot() -> None:
     view = build_view("user", _data(), batch_size=8, seed=0)
     assert len(view) == 1

@@ -38,8 +38,11 @@ def test_one_checkpoint_gives_the_same_metrics_on_one_and_two_processes(tmp_path
     )
     assert set(one) == {"valid", "test"}
     assert one["test"]["ndcg@10"] > 0
-    # every user is scored by exactly one rank and the float64 sums are all-reduced: identical
-    assert two == one
+    # every user is scored by exactly one rank and the float64 sums are all-reduced: equal up to
+    # the order of the final additions (the last bit of a float64)
+    assert two.keys() == one.keys()
+    for split in one:
+        assert two[split] == pytest.approx(one[split], rel=1e-12, abs=1e-15)
     assert one["test"] == pytest.approx(trained["test"], rel=1e-6)
 
 

@@ -27,6 +27,9 @@ from recstudio.errors import ConfigError, DataError
 
 Batch = dict[str, torch.Tensor]
 
+EPOCH_GATHER_LIMIT = 256 << 20
+"""Largest epoch (bytes) a row-aligned view gathers at once; larger ones build batch by batch."""
+
 _NEGATIVE_SEED_OFFSET = 1 << 31
 """Static negatives use ``seed + 2**31`` so their stream differs from the epoch permutations."""
 
@@ -66,11 +69,25 @@ class BaseView(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         index = self.epoch_indices(self.epoch)
         self.epoch += 1
+        row_bytes = self._row_nbytes()
+        if row_bytes is not None and row_bytes * len(index) <= EPOCH_GATHER_LIMIT:
+            # One gather per column for the whole epoch, then contiguous slices: a step's batch
+            # gather was three small random reads into cold memory, ~0.1 ms each on the 2-core
+            # machine, against ~1 ms per epoch this way. Same batches, same order.
+            rows = self._batch(index)
+            for start in range(0, len(index), self.batch_size):
+                yield {k: v[start : start + self.batch_size] for k, v in rows.items()}
+            return
         for start in range(0, len(index), self.batch_size):
             yield self._batch(index[start : start + self.batch_size])
 
     def _batch(self, index: torch.Tensor) -> Batch:
         raise NotImplementedError
+
+    def _row_nbytes(self) -> int | None:
+        """Bytes per sample when ``_batch`` only gathers row-aligned columns (so a whole epoch can
+        be gathered at once and sliced), else None (batches are built one by one)."""
+        return None
 
 
 def _gather_rows(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +136,10 @@ class TripletDataset(BaseView):
         if self.neg_item is not None:
             batch["neg_item"] = self.neg_item[index]
         return batch
+
+    def _row_nbytes(self) -> int:
+        columns = [self.user, self.item, self.rating] + ([self.neg_item] if self.neg_item is not None else [])
+        return sum(c[:1].nbytes for c in columns)
 
 
 class UserDataset(BaseView):

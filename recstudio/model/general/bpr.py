@@ -19,7 +19,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.ops import Embedding, sum_squared_rows
+from recstudio.model.ops import Embedding, sampled_inner_product_loss, sum_squared_rows
 from recstudio.model.registry import register
 
 
@@ -86,6 +86,12 @@ class BPR(TwoTowerRecommender):
         """
         users, pos = batch["user"], batch["item"]
         query = self.user_vectors(users)
+        kind = self.fused_loss_kind(query)
+        if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
+            candidates, _, _ = self.sample_candidates(query, pos, batch.get("neg_item"))
+            return sampled_inner_product_loss(
+                query, self.item_emb.weight, candidates, kind, self.config.reg_weight, padding_idx=0
+            )
         if getattr(self.loss_fn, "needs_all_scores", False):
             loss = self.ranking_loss(query, pos)
             scored = pos
