@@ -21,12 +21,11 @@ from recstudio.errors import ConfigError
 
 def _from_run(run_id: str, tracking_uri: str | None, workdir: str) -> tuple[Path, Path]:
     """(config.yaml, checkpoint) of a tracked run, downloaded into ``workdir``."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from recstudio.track.tracker import resolve_tracking_uri
+    from recstudio.track.tracker import mlflow_client, resolve_tracking_uri
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client = mlflow_client(resolve_tracking_uri(tracking_uri))
     try:
         client.get_run(run_id)
         checkpoints = [

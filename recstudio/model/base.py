@@ -276,6 +276,14 @@ class ItemTowerRecommender(Recommender):
         scores = self.scorer.gather(query, vectors)
         return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, candidates
 
+    def candidate_ids(
+        self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[N, 1+K] positive and negative ids, without log q (for the fused BPR/BCE losses)."""
+        if neg_items is None:
+            neg_items = self.sampler.sample_ids(pos_items.shape[0], self.num_negatives, query=query)
+        return torch.cat([pos_items.unsqueeze(1), neg_items], dim=1)
+
     def fused_loss_kind(self, query: torch.Tensor) -> str | None:
         """The ``sampled_inner_product_loss`` kind that computes this model's sampled loss
         exactly ("bpr" or "bce"), or None when the generic path must run.
@@ -308,7 +316,7 @@ class ItemTowerRecommender(Recommender):
             return self.loss_fn(all_scores, pos_items)
         kind = self.fused_loss_kind(query)
         if kind is not None:
-            candidates, _, _ = self.sample_candidates(query, pos_items, neg_items)
+            candidates = self.candidate_ids(query, pos_items, neg_items)
             return sampled_inner_product_loss(query, self.item_vectors(), candidates, kind, padding_idx=None)
         pos_score, neg_score, log_q_pos, log_q_neg, _ = self.score_candidates(query, pos_items, neg_items)
         return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg)

@@ -8,7 +8,8 @@ Negatives are drawn independently of the positive: an accidental hit (a negative
 positive) is possible and, with these catalogue-wide proposals, rare.
 
 API: ``sample(n, k, pos_items=None, query=None) -> (neg [n, k] long, log_q_neg [n, k],
-log_q_pos [n])`` and ``log_prob(items) -> float tensor`` of the same shape as ``items``.
+log_q_pos [n])``, ``sample_ids(n, k, query=None) -> neg`` (no log q) and
+``log_prob(items) -> float tensor`` of the same shape as ``items``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class Sampler(nn.Module):
     def draw(self, n: int, k: int) -> torch.Tensor:
         """[n, k] item ids drawn i.i.d. from q."""
         raise NotImplementedError
+
+    def sample_ids(self, n: int, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, k] negatives without their log-probabilities, for losses that ignore log q (BPR,
+        BCE): saves the two ``log_prob`` passes per step. A sampler whose draw depends on
+        ``query`` overrides this together with ``sample``."""
+        return self.draw(n, k)
 
     def sample(
         self,

@@ -85,9 +85,9 @@ class ChildRuns:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from mlflow import MlflowClient
+            from recstudio.track.tracker import mlflow_client
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def experiment_id(self) -> str | None:

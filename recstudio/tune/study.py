@@ -371,9 +371,9 @@ class ParentRun:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, run_id: str) -> None:
-        from mlflow import MlflowClient
+        from recstudio.track.tracker import mlflow_client
 
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_id = run_id

@@ -88,7 +88,7 @@ class BPR(TwoTowerRecommender):
         query = self.user_vectors(users)
         kind = self.fused_loss_kind(query)
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
-            candidates, _, _ = self.sample_candidates(query, pos, batch.get("neg_item"))
+            candidates = self.candidate_ids(query, pos, batch.get("neg_item"))
             return sampled_inner_product_loss(
                 query, self.item_emb.weight, candidates, kind, self.config.reg_weight, padding_idx=0
             )

@@ -1,0 +1,54 @@
+"""The local SQLite MLflow store: new stores are copies of a migrated, empty template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recstudio.track.tracker import mlflow_client, seed_sqlite_store
+
+
+def test_new_store_is_a_copy_of_the_template_and_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.store.db.utils as db_utils
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = mlflow_client(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    templates = list((tmp_path / "cache" / "recstudio").glob("mlflow-*-empty-store.db"))
+    assert len(templates) == 1
+    assert [e.name for e in first.search_experiments()] == ["Default"]
+
+    def no_migrations(engine: object) -> None:
+        raise AssertionError("a seeded store must not run MLflow's migrations")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migrations)
+    second = mlflow_client(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")
+    (default,) = second.search_experiments()
+    # the template's own default experiment is gone; MLflow made this one for this store
+    assert default.experiment_id == "0" and "cache" not in default.artifact_location
+    exp = second.create_experiment("exp", artifact_location=(tmp_path / "b" / "artifacts").as_uri())
+    run = second.create_run(exp)
+    second.log_metric(run.info.run_id, "ndcg", 0.25, step=3)
+    second.set_terminated(run.info.run_id)
+    got = second.get_run(run.info.run_id)
+    assert got.data.metrics == {"ndcg": 0.25} and got.info.status == "FINISHED"
+    assert [e.name for e in first.search_experiments()] == ["Default"]  # separate stores
+
+
+def test_seeding_never_replaces_an_existing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"someone else's store")
+    assert seed_sqlite_store(db) is False
+    assert db.read_bytes() == b"someone else's store"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mlflow-seed-")]
+
+
+def test_unusable_cache_falls_back_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the template cannot be written here
+    client = mlflow_client(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
