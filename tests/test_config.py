@@ -42,6 +42,7 @@ def test_model_default_overrides_apply_before_dataset_defaults():
         ),
         ({"train.epochs": "ten"}, "config key 'train.epochs' expects an integer, got 'ten'"),
         ({"train.learner": "adamm"}, "did you mean 'adam'?"),
+        ({"train.learner": "sparse_adam"}, "'train.learner' must be one of adam, adamw, sgd, adagrad"),
         ({"data.split": "random"}, "config key 'data.split' must be one of"),
         ({"train.learning_rate": -1.0}, "'train.learning_rate' must be > 0"),
         ({"train.monitor": "ndcg@7"}, "'train.monitor' must name a metric"),

@@ -186,10 +186,6 @@ class Recommender(pl.LightningModule):
             opt = torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
         elif t.learner == "rmsprop":
             opt = torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-        elif t.learner == "sparse_adam":
-            if wd:
-                raise ConfigError("train.learner 'sparse_adam' does not support train.weight_decay")
-            opt = torch.optim.SparseAdam(params, lr=lr)
         else:  # pragma: no cover - guarded by config validation
             raise ConfigError(f"unknown train.learner '{t.learner}'")
         if t.scheduler == "none":
