@@ -189,3 +189,22 @@ def test_auc_perfect_and_reversed() -> None:
     value, valid = M.auc(scores, target, candidate)
     assert valid.all()
     assert value.tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("with_excluded", [False, True])
+def test_prepare_scores_maps_non_finite_and_never_touches_the_input(with_excluded: bool) -> None:
+    inf, nan = math.inf, math.nan
+    excluded = torch.tensor([[True, False, True, False], [True, False, False, False]])
+    for raw in (
+        torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]),  # all finite: no rewrite
+        torch.tensor([[1.0, nan, 3.0, inf], [5.0, -inf, nan, 8.0]]),
+    ):
+        before = raw.clone()
+        x = M.prepare_scores(raw, excluded if with_excluded else None)
+        assert torch.equal(raw.isnan(), before.isnan()) and torch.equal(raw.nan_to_num(), before.nan_to_num())
+        out = excluded.clone() if with_excluded else torch.zeros_like(excluded)
+        out[:, 0] = True  # padding is never a candidate
+        assert torch.all(x[out] == -inf)
+        info = torch.finfo(x.dtype)
+        expected = before.nan_to_num(nan=info.min, posinf=info.max, neginf=info.min)
+        assert torch.equal(x[~out], expected[~out])  # candidates finite, order kept

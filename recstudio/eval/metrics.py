@@ -180,10 +180,13 @@ def prepare_scores(scores: torch.Tensor, excluded: torch.Tensor | None = None) -
     x = scores.detach()
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    info = torch.finfo(x.dtype)
-    x = torch.nan_to_num(x, nan=info.min, posinf=info.max, neginf=info.min)
+    if not bool(torch.isfinite(x).all()):  # rare: a read-only check is cheaper than rewriting x
+        info = torch.finfo(x.dtype)
+        x = torch.nan_to_num(x, nan=info.min, posinf=info.max, neginf=info.min)
     if excluded is not None:  # torch.where is ~2x faster than masked_fill_ on CPU
         x = torch.where(excluded, -math.inf, x)
+    elif x is scores or x.data_ptr() == scores.data_ptr():
+        x = x.clone()  # the caller's tensor is not modified
     x[:, 0] = -math.inf
     return x
 
