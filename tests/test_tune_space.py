@@ -232,3 +232,16 @@ def test_baseline_params_take_the_config_values_inside_the_space() -> None:
     params = baseline_params(space, base)
     # BPR defaults embed_dim 64 and reg_weight 5e-3; --set learning rate; weight_decay 0 is outside
     assert params == {"model.embed_dim": 64, "model.reg_weight": 5e-3, "train.learning_rate": 5e-3}
+
+
+@pytest.mark.parametrize("model", ["NCF", "FM", "MultiVAE"])
+def test_builtin_spaces_contain_the_default_weight_decay(model: str) -> None:
+    """--baseline reproduces the untuned config only if every default lies inside the space."""
+    from recstudio.config import resolve
+    from recstudio.tune.space import baseline_params
+
+    cls = get_model_class(model)
+    space = normalize(cls.search_space, cls)
+    base = resolve(model=model, dataset="planted", overrides={}).to_dict()
+    params = baseline_params(space, base)
+    assert params["train.weight_decay"] == base["train"]["weight_decay"] == 0.0

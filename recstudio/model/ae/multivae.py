@@ -66,7 +66,8 @@ class MultiVAE(TowerFreeRecommender):
         "dropout": {"type": "float", "low": 0.0, "high": 0.7},
         "anneal_cap": {"type": "float", "low": 0.0, "high": 1.0},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "train.weight_decay": {"type": "float", "low": 1e-8, "high": 1e-3, "log": True},
+        # categorical so that the default 0 is a candidate (and --baseline can reproduce it)
+        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4, 1e-3]},
     }
     default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
 

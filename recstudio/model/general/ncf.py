@@ -64,7 +64,8 @@ class NCF(TowerFreeRecommender):
         "dropout": {"type": "float", "low": 0.0, "high": 0.5},
         "num_negatives": {"type": "int", "low": 1, "high": 8, "step": 1},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "train.weight_decay": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
+        # categorical so that the default 0 is a candidate (and --baseline can reproduce it)
+        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-7, 1e-6, 1e-5, 1e-4]},
     }
 
     score_chunk_elements: ClassVar[int] = 1 << 19
