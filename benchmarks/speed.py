@@ -80,6 +80,7 @@ def bench_dataset(
         "epoch_s": t.get("train_epoch_seconds_median", t.get("train_epoch_seconds_mean")),
         "epoch_min_s": t.get("train_epoch_seconds_min"),  # least disturbed by this VM's drift
         "valid_s": t.get("valid_pass_seconds_median", t.get("valid_pass_seconds_mean")),
+        "whole_epoch_s": t.get("whole_epoch_seconds_median"),  # + validation, checkpointing, hooks
         "prepare_miss_s": miss,
         "cache_hit_s": min(hits),
         "miss_over_hit": miss / min(hits),

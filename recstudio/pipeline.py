@@ -72,7 +72,12 @@ def _resolve_devices(options: RunOptions) -> tuple[str, int]:
 
 
 class _EpochRecorder:
-    """Lightning callback: per-epoch loss/metrics/timings into a list and (async) into MLflow."""
+    """Lightning callback: per-epoch loss/metrics/timings into a list and into MLflow.
+
+    ``train_seconds`` is the epoch's training steps only (epoch start to the last batch's end),
+    as RecBole times its ``_train_epoch``; ``valid_seconds`` the validation pass; ``epoch_seconds``
+    the whole epoch, checkpointing and early-stopping checks included.
+    """
 
     def __new__(cls, *args: Any, **kwargs: Any):  # build the subclass lazily (Lightning import)
         import pytorch_lightning as pl
@@ -85,17 +90,22 @@ class _EpochRecorder:
                 self.train_seconds: list[float] = []
                 self.valid_seconds: list[float] = []
                 self._t0 = 0.0
+                self._last_batch_end = 0.0
                 self._v0 = 0.0
                 self._row: dict[str, float] = {}
 
             def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-                self._t0 = time.perf_counter()
+                self._t0 = self._last_batch_end = time.perf_counter()
                 self._row = {"epoch": trainer.current_epoch}
 
+            def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+                self._last_batch_end = time.perf_counter()
+
             def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-                # Lightning runs validation inside the epoch, before this hook: subtract it
-                elapsed = time.perf_counter() - self._t0 - self._row.get("valid_seconds", 0.0)
+                # Lightning validates (and checkpoints) inside the epoch, after the last batch
+                elapsed = self._last_batch_end - self._t0
                 self.train_seconds.append(elapsed)
+                self._row["epoch_seconds"] = time.perf_counter() - self._t0
                 # callbacks run before the module's own epoch-end hook: read its accumulator
                 loss = pl_module.epoch_mean_loss()
                 if loss is not None:
@@ -406,7 +416,12 @@ def train_and_test(
     valid_metrics = (
         {k[len("valid/") :]: v for k, v in best_row.items() if k.startswith("valid/")} if best_row else {}
     )
-    for name, values in (("train_epoch", recorder.train_seconds), ("valid_pass", recorder.valid_seconds)):
+    whole_epochs = [row["epoch_seconds"] for row in recorder.history if "epoch_seconds" in row]
+    for name, values in (
+        ("train_epoch", recorder.train_seconds),
+        ("valid_pass", recorder.valid_seconds),
+        ("whole_epoch", whole_epochs),
+    ):
         if values:
             timings[f"{name}_seconds_mean"] = statistics.fmean(values)
             timings[f"{name}_seconds_median"] = statistics.median(values)
