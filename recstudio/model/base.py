@@ -27,7 +27,12 @@ import torch
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError, NonFiniteLossError
+from recstudio.model.loss import BCELoss, BPRLoss
 from recstudio.model.ops import gather_rows, sampled_inner_product_loss
+from recstudio.model.scorer import InnerProductScorer
+
+_FUSED_KINDS: dict[type, str] = {BPRLoss: "bpr", BCELoss: "bce"}
+"""Loss classes whose formula ``sampled_inner_product_loss`` computes, by its ``kind`` name."""
 
 
 class Recommender(pl.LightningModule):
@@ -257,7 +262,7 @@ class ItemTowerRecommender(Recommender):
             )
         else:
             log_q_neg, log_q_pos = self.sampler.log_prob(neg_items), self.sampler.log_prob(pos_items)
-        return torch.cat([pos_items.unsqueeze(1), neg_items], dim=1), log_q_pos, log_q_neg
+        return self.candidate_ids(query, pos_items, neg_items), log_q_pos, log_q_neg
 
     def score_candidates(
         self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
@@ -290,12 +295,9 @@ class ItemTowerRecommender(Recommender):
         """
         if query.device.type != "cpu" or not torch.is_grad_enabled():
             return None
-        from recstudio.model.loss import BCELoss, BPRLoss
-        from recstudio.model.scorer import InnerProductScorer
-
         if type(self.scorer) is not InnerProductScorer:
             return None
-        return {BPRLoss: "bpr", BCELoss: "bce"}.get(type(self.loss_fn))
+        return _FUSED_KINDS.get(type(self.loss_fn))
 
     def ranking_loss(
         self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
