@@ -9,9 +9,13 @@ kernel is already fast and honours deterministic mode, so it is used unchanged t
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recstudio.model import native
 
 
 class _GatherRows(torch.autograd.Function):
@@ -143,6 +147,104 @@ class _SampledInnerProductLoss(torch.autograd.Function):
         return d_query, d_items, None, None, None, None
 
 
+class _NativeSampledInnerProductLoss(torch.autograd.Function):
+    """``_SampledInnerProductLoss`` computed by the C kernels of ``recstudio.model.native``:
+    one pass over the batch forward and one backward, with the query rows optionally gathered
+    from a table inside the kernel (``query_index``)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        query: torch.Tensor,
+        items: torch.Tensor,
+        candidates: torch.Tensor,
+        query_index: torch.Tensor | None,
+        kind: str,
+        reg_weight: float,
+        padding_idx: int | None,
+        query_padding_idx: int | None,
+    ) -> torch.Tensor:
+        lib = native.kernels()
+        suffix = _NATIVE_SUFFIX[query.dtype]
+        query, items = query.detach().contiguous(), items.detach().contiguous()
+        candidates = candidates.contiguous()
+        n, c = candidates.shape
+        scores = query.new_empty((n, c))
+        loss = ctypes.c_double()
+        bad = getattr(lib, f"sipl_forward_{suffix}")(
+            query.data_ptr(),
+            query.shape[0],
+            None if query_index is None else query_index.data_ptr(),
+            items.data_ptr(),
+            items.shape[0],
+            candidates.data_ptr(),
+            n,
+            c,
+            items.shape[1],
+            _KIND_CODES[kind],
+            reg_weight,
+            scores.data_ptr(),
+            ctypes.byref(loss),
+        )
+        if bad > 0:
+            raise IndexError(
+                f"item id {int(candidates.view(-1)[bad - 1])} out of range [0, {items.shape[0]})"
+            )
+        if bad < 0:
+            raise IndexError(f"query id {int(query_index[-bad - 1])} out of range [0, {query.shape[0]})")
+        ctx.save_for_backward(query, items, candidates, query_index, scores)
+        ctx.kind, ctx.reg_weight = kind, reg_weight
+        ctx.padding_idx, ctx.query_padding_idx = padding_idx, query_padding_idx
+        return query.new_full((), loss.value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, items, candidates, query_index, scores = ctx.saved_tensors
+        d_query = torch.zeros_like(query) if ctx.needs_input_grad[0] else None
+        d_items = torch.zeros_like(items) if ctx.needs_input_grad[1] else None
+        n, c = candidates.shape
+        d_scores = torch.empty_like(scores)  # the kernel's scratch
+        getattr(native.kernels(), f"sipl_backward_{_NATIVE_SUFFIX[query.dtype]}")(
+            query.data_ptr(),
+            query.shape[0],
+            None if query_index is None else query_index.data_ptr(),
+            items.data_ptr(),
+            items.shape[0],
+            candidates.data_ptr(),
+            scores.data_ptr(),
+            n,
+            c,
+            items.shape[1],
+            _KIND_CODES[ctx.kind],
+            float(grad),
+            ctx.reg_weight,
+            d_scores.data_ptr(),
+            None if d_query is None else d_query.data_ptr(),
+            None if d_items is None else d_items.data_ptr(),
+        )
+        if d_items is not None and ctx.padding_idx is not None:
+            d_items[ctx.padding_idx] = 0
+        if d_query is not None and ctx.query_padding_idx is not None:
+            d_query[ctx.query_padding_idx] = 0
+        return d_query, d_items, None, None, None, None, None, None
+
+
+_KIND_CODES = {"bpr": 0, "bce": 1}
+_NATIVE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _native_ok(query: torch.Tensor, items: torch.Tensor, *indices: torch.Tensor | None) -> bool:
+    """The C kernels take CPU float32/float64 tensors of one dtype and int64 ids, and need the
+    library to have compiled (``native.kernels()``)."""
+    if query.device.type != "cpu" or items.device.type != "cpu" or query.dtype != items.dtype:
+        return False
+    if query.dtype not in _NATIVE_SUFFIX or query.dim() != 2 or items.dim() != 2:
+        return False
+    if any(ix is not None and (ix.dtype != torch.int64 or ix.device.type != "cpu") for ix in indices):
+        return False
+    return native.kernels() is not None
+
+
 def sampled_inner_product_loss(
     query: torch.Tensor,
     items: torch.Tensor,
@@ -150,6 +252,8 @@ def sampled_inner_product_loss(
     kind: str,
     reg_weight: float = 0.0,
     padding_idx: int | None = 0,
+    query_index: torch.Tensor | None = None,
+    query_padding_idx: int | None = None,
 ) -> torch.Tensor:
     """Mean sampled loss of ``query`` [N, d] against ``items[candidates]`` (column 0 the
     positive, columns 1..K the negatives), scored by inner product, plus
@@ -158,9 +262,24 @@ def sampled_inner_product_loss(
     ``kind`` is "bpr" (``BPRLoss``) or "bce" (``BCELoss``): the same value and gradients as
     gathering, scoring and calling the loss module, in a few large ops (see
     ``_SampledInnerProductLoss``). ``padding_idx`` gets no gradient, as in ``nn.Embedding``.
+    With ``query_index`` [N], ``query`` is a table and the queries are its rows
+    ``query[query_index]`` (row ``query_padding_idx`` gets no gradient).
+
+    On CPU the C kernels of ``recstudio.model.native`` compute it when they are available
+    (same formulas; the float sums differ only in rounding); otherwise torch ops do.
     """
     if kind not in FUSED_LOSSES:
         raise ValueError(f"kind must be one of {FUSED_LOSSES}, got {kind!r}")
     if candidates.dim() != 2 or candidates.shape[1] < 2:
         raise ValueError(f"candidates must be [N, 1 + K] with K >= 1, got {tuple(candidates.shape)}")
+    if query_index is not None and (query_index.dim() != 1 or query_index.shape[0] != candidates.shape[0]):
+        raise ValueError(
+            f"query_index must be [N] with N = {candidates.shape[0]}, got {tuple(query_index.shape)}"
+        )
+    if _native_ok(query, items, candidates, query_index):
+        return _NativeSampledInnerProductLoss.apply(
+            query, items, candidates, query_index, kind, float(reg_weight), padding_idx, query_padding_idx
+        )
+    if query_index is not None:
+        query = gather_rows(query, query_index, query_padding_idx)
     return _SampledInnerProductLoss.apply(query, items, candidates, kind, float(reg_weight), padding_idx)

@@ -28,6 +28,9 @@ _SCALE = 1 << 52  # fixed-point unit of the popularity sampler's cumulative tabl
 class Sampler(nn.Module):
     """Base class: a proposal distribution over item ids 1..num_items-1."""
 
+    uses_query = False
+    """True for samplers whose draw depends on the query vectors (model-based samplers)."""
+
     def __init__(self, num_items: int) -> None:
         super().__init__()
         if num_items < 2:

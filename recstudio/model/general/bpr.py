@@ -85,13 +85,22 @@ class BPR(TwoTowerRecommender):
         negatives, counted as often as the batch used them), as in BPR-Opt.
         """
         users, pos = batch["user"], batch["item"]
-        query = self.user_vectors(users)
-        kind = self.fused_loss_kind(query)
+        table = self.user_emb.weight
+        kind = None if self.sampler.uses_query else self.fused_loss_kind(table)
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
-            candidates = self.candidate_ids(query, pos, batch.get("neg_item"))
+            # the user rows are gathered inside the loss (query_index), so no [N, d] query exists
+            candidates = self.candidate_ids(table, pos, batch.get("neg_item"))
             return sampled_inner_product_loss(
-                query, self.item_emb.weight, candidates, kind, self.config.reg_weight, padding_idx=0
+                table,
+                self.item_emb.weight,
+                candidates,
+                kind,
+                self.config.reg_weight,
+                padding_idx=0,
+                query_index=users,
+                query_padding_idx=0,
             )
+        query = self.user_vectors(users)
         if getattr(self.loss_fn, "needs_all_scores", False):
             loss = self.ranking_loss(query, pos)
             scored = pos

@@ -1,0 +1,165 @@
+"""The C kernels of ``recstudio.model.native``: built on first use, same values and gradients as
+the torch code, bad ids rejected, thread count irrelevant to gradients, clean fallback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from recstudio.model import native, ops
+from recstudio.model.ops import sampled_inner_product_loss
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc)")
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """``native.kernels()`` recomputed from scratch, building into an empty cache dir."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("RECSTUDIO_NATIVE", raising=False)
+    native.kernels.cache_clear()
+    yield tmp_path
+    native.kernels.cache_clear()
+
+
+def _loss_and_grads(query, items, candidates, kind, reg, query_index=None, use_native=True):
+    """Loss and (query, items) gradients of ``2.5 * loss``, by the C kernels or the torch code."""
+    query = query.detach().clone().requires_grad_(True)
+    items = items.detach().clone().requires_grad_(True)
+    with pytest.MonkeyPatch.context() as patch:
+        if not use_native:
+            patch.setattr(native, "kernels", lambda: None)
+        loss = sampled_inner_product_loss(
+            query,
+            items,
+            candidates,
+            kind,
+            reg,
+            padding_idx=0,
+            query_index=query_index,
+            query_padding_idx=None if query_index is None else 0,
+        )
+    (2.5 * loss).backward()
+    return loss.detach(), query.grad, items.grad
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["bpr", "bce"])
+@pytest.mark.parametrize("num_negatives", [1, 3])
+@pytest.mark.parametrize("reg_weight", [0.0, 0.2])
+@pytest.mark.parametrize("with_query_index", [False, True])
+@pytest.mark.parametrize("batch", [40, 700])  # 700 rows: above the kernels' threading threshold
+def test_native_kernels_equal_the_torch_code(
+    kind: str, num_negatives: int, reg_weight: float, with_query_index: bool, batch: int
+) -> None:
+    assert native.kernels() is not None
+    torch.manual_seed(5)
+    num_items, num_queries, d = 30, 25, 16  # few rows: most are used several times in a batch
+    items = torch.randn(num_items, d, dtype=torch.float64)
+    candidates = torch.randint(0, num_items, (batch, 1 + num_negatives))
+    candidates[0, 0] = 0  # the padding row is used and must get no gradient
+    if with_query_index:
+        query = torch.randn(num_queries, d, dtype=torch.float64)
+        query_index = torch.randint(0, num_queries, (batch,))
+        query_index[1] = 0
+    else:
+        query, query_index = torch.randn(batch, d, dtype=torch.float64), None
+    fast = _loss_and_grads(query, items, candidates, kind, reg_weight, query_index, True)
+    ref = _loss_and_grads(query, items, candidates, kind, reg_weight, query_index, False)
+    assert fast[0].item() == pytest.approx(ref[0].item(), rel=1e-12)
+    for a, b in zip(fast[1:], ref[1:]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert fast[2][0].abs().sum() == 0 and fast[2][1:].abs().sum() > 0
+    if with_query_index:
+        assert fast[1][0].abs().sum() == 0
+
+
+@needs_compiler
+def test_native_float32_matches_torch_float32() -> None:
+    torch.manual_seed(6)
+    query, items = torch.randn(944, 64), torch.randn(1683, 64)
+    users, candidates = torch.randint(1, 944, (2048,)), torch.randint(1, 1683, (2048, 2))
+    fast = _loss_and_grads(query, items, candidates, "bpr", 1e-4, users, True)
+    ref = _loss_and_grads(query, items, candidates, "bpr", 1e-4, users, False)
+    assert fast[0].item() == pytest.approx(ref[0].item(), rel=1e-5)
+    for a, b in zip(fast[1:], ref[1:]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@needs_compiler
+def test_native_gradients_do_not_depend_on_the_thread_count() -> None:
+    """Each gradient row is summed by one thread in batch order: bitwise the same for 1 and 2."""
+    torch.manual_seed(7)
+    query, items = torch.randn(300, 32), torch.randn(200, 32)
+    users, candidates = torch.randint(0, 300, (4096,)), torch.randint(0, 200, (4096, 3))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_loss_and_grads(query, items, candidates, "bce", 0.1, users, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2], results[1][2])
+    assert results[0][0].item() == pytest.approx(results[1][0].item(), rel=1e-6)
+
+
+@needs_compiler
+def test_native_rejects_out_of_range_ids() -> None:
+    assert native.kernels() is not None
+    items, query = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    with pytest.raises(IndexError, match="item id 6 out of range"):
+        sampled_inner_product_loss(query[:2], items, torch.tensor([[1, 2], [3, 6]]), "bpr")
+    with pytest.raises(IndexError, match="item id -1 out of range"):
+        sampled_inner_product_loss(query[:2], items, torch.tensor([[1, -1], [3, 2]]), "bpr")
+    with pytest.raises(IndexError, match="query id 5 out of range"):
+        sampled_inner_product_loss(
+            query, items, torch.tensor([[1, 2], [3, 4]]), "bpr", query_index=torch.tensor([0, 5])
+        )
+    with pytest.raises(ValueError, match="query_index"):
+        sampled_inner_product_loss(
+            query, items, torch.tensor([[1, 2]]), "bpr", query_index=torch.tensor([0, 1])
+        )
+
+
+@needs_compiler
+def test_kernels_build_into_the_cache_once(fresh_native) -> None:
+    lib = native.kernels()
+    assert lib is not None
+    built = list((fresh_native / "recstudio" / "native").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary file left behind
+    mtime = built[0].stat().st_mtime_ns
+    native.kernels.cache_clear()
+    assert native.kernels() is not None
+    assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_without_a_compiler_training_falls_back_to_torch(fresh_native, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CC", "/bin/false")
+    with caplog.at_level(logging.WARNING, logger="recstudio.model.native"):
+        assert native.kernels() is None
+    assert "native CPU kernels unavailable" in caplog.text and "/bin/false" in caplog.text
+    items = torch.randn(6, 3, requires_grad=True)
+    loss = sampled_inner_product_loss(torch.randn(2, 3), items, torch.tensor([[1, 2], [3, 4]]), "bpr")
+    loss.backward()  # the torch code ran
+    assert items.grad[1:5].abs().sum() > 0
+
+
+def test_recstudio_native_0_disables_the_kernels(fresh_native, monkeypatch) -> None:
+    monkeypatch.setenv("RECSTUDIO_NATIVE", "0")
+    assert native.kernels() is None
+    assert not (fresh_native / "recstudio" / "native").exists()  # nothing compiled
+
+
+def test_native_is_only_used_for_cpu_float_tensors_of_one_dtype(monkeypatch) -> None:
+    monkeypatch.setattr(native, "kernels", lambda: object())  # as if the library had loaded
+    f32, f64, ids = torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64), torch.tensor([[1, 2]])
+    assert ops._native_ok(f32, f32, ids) and ops._native_ok(f64, f64, ids, torch.tensor([0]))
+    assert not ops._native_ok(f32.half(), f32.half(), ids)
+    assert not ops._native_ok(f32, f64, ids)
+    assert not ops._native_ok(f32, f32, ids.int())
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert not ops._native_ok(f32, f32, ids)
