@@ -207,3 +207,43 @@ def test_gradient_clipping_bounds_the_update() -> None:
     assert steps >= 1
     assert moved[1e-4] <= steps * 1e-4 * 1.001
     assert moved[None] > 10 * steps * 1e-4
+
+
+@pytest.mark.parametrize("variant", ["plain", "clip", "hook"])
+def test_direct_step_only_when_no_skipped_hook_matters(variant: str) -> None:
+    """One process, 32-bit, no clipping, no step hooks: the direct step runs, and
+    trainer.global_step still counts every optimizer step; otherwise Lightning's path runs."""
+    import pytorch_lightning as pl
+
+    from recstudio.config import resolve
+    from recstudio.pipeline import RunOptions, run
+
+    data = planted_data()
+    cfg = resolve(
+        model="BPR",
+        dataset=data.name,
+        overrides={
+            "epochs": 2,
+            "early_stop_patience": 0,
+            "batch_size": 256,
+            "gradient_clip": 1.0 if variant == "clip" else None,
+        },
+    )
+    seen: dict[str, object] = {"backward_hooks": 0}
+
+    class Probe(pl.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen["direct"] = pl_module._direct_step
+            seen["global_step"] = trainer.global_step
+            seen["batches"] = trainer.num_training_batches
+
+    class BackwardHook(Probe):
+        def on_after_backward(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen["backward_hooks"] += 1
+
+    probe = BackwardHook() if variant == "hook" else Probe()
+    run(cfg, RunOptions(tracking=False, quiet=True, callbacks=[probe]), data=data)
+    assert seen["direct"] is (variant == "plain")
+    assert seen["global_step"] == 2 * seen["batches"] > 0
+    if variant == "hook":
+        assert seen["backward_hooks"] == seen["global_step"]  # the hook ran at every step

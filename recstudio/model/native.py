@@ -29,7 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI = 2  # must equal recstudio_native_abi() in the C source
+ABI = 3  # must equal recstudio_native_abi() in the C source
 FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
 # Tried in order: OpenMP shares torch's runtime (the same libgomp.so.1 is already loaded) and
 # uses its threads; -march=native is not known to every compiler.

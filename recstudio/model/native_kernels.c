@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -51,11 +52,39 @@ static int64_t owner_of(int64_t id, uint64_t m, int64_t owners) {
     return o < owners ? o : owners - 1;
 }
 
+/* The first row id whose owner is >= owner (owner_of is non-decreasing in the id). */
+static int64_t first_owned_row(int64_t owner, int64_t rows, uint64_t m, int64_t owners) {
+    int64_t lo = 0, hi = rows;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (owner_of(mid, m, owners) < owner) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 #define DEFINE_KERNELS(REAL, SUFFIX)                                                             \
     static REAL dot_##SUFFIX(const REAL *a, const REAL *b, int64_t d) {                         \
         REAL acc = 0;                                                                            \
         _Pragma("omp simd reduction(+ : acc)") for (int64_t t = 0; t < d; ++t) acc += a[t] * b[t]; \
         return acc;                                                                              \
+    }                                                                                            \
+    /* q . v and v . v in one pass over v */                                                     \
+    static REAL dot_and_square_##SUFFIX(const REAL *q, const REAL *v, int64_t d, REAL *vv) {    \
+        REAL acc = 0, sq = 0;                                                                    \
+        _Pragma("omp simd reduction(+ : acc, sq)") for (int64_t t = 0; t < d; ++t) {            \
+            acc += q[t] * v[t];                                                                  \
+            sq += v[t] * v[t];                                                                   \
+        }                                                                                        \
+        *vv = sq;                                                                                \
+        return acc;                                                                              \
+    }                                                                                            \
+                                                                                                 \
+    static void zero_owned_rows_##SUFFIX(REAL *table, int64_t rows, int64_t d, uint64_t m,      \
+                                         int64_t owner, int64_t owners) {                        \
+        const int64_t lo = first_owned_row(owner, rows, m, owners);                              \
+        const int64_t hi = first_owned_row(owner + 1, rows, m, owners);                          \
+        if (hi > lo) memset(table + lo * d, 0, (size_t)(hi - lo) * (size_t)d * sizeof(REAL));    \
     }                                                                                            \
                                                                                                  \
     /* Returns 0; or 1 + the flat position of the first candidate id out of range; or            \
@@ -77,8 +106,13 @@ static int64_t owner_of(int64_t id, uint64_t m, int64_t owners) {
             REAL *s = scores + i * c;                                                            \
             for (int64_t j = 0; j < c; ++j) {                                                    \
                 const REAL *v = items + cand[i * c + j] * d;                                     \
-                s[j] = dot_##SUFFIX(q, v, d);                                                    \
-                if (reg_weight != 0.0) reg += dot_##SUFFIX(v, v, d);                             \
+                if (reg_weight != 0.0) {                                                         \
+                    REAL vv;                                                                     \
+                    s[j] = dot_and_square_##SUFFIX(q, v, d, &vv);                                \
+                    reg += vv;                                                                   \
+                } else {                                                                         \
+                    s[j] = dot_##SUFFIX(q, v, d);                                                \
+                }                                                                                \
             }                                                                                    \
             if (reg_weight != 0.0) reg += dot_##SUFFIX(q, q, d);                                 \
             double row = 0.0;                                                                    \
@@ -95,7 +129,7 @@ static int64_t owner_of(int64_t id, uint64_t m, int64_t owners) {
     }                                                                                            \
                                                                                                  \
     /* Adds the gradients into d_query ([n, d], or [nq, d] with query_index; NULL: not wanted)  \
-       and d_items ([ni, d]; NULL: not wanted); both zeroed by the caller. ds is [n, c] scratch: \
+       and d_items ([ni, d]; NULL: not wanted), which it zeroes first. ds is [n, c] scratch: \
        the loss's gradient per score. With several threads, each one writes only the gradient   \
        rows it owns (a contiguous range of row ids), so no two threads add into one row and the    \
        order of the additions into each row is that of the batch, whatever the thread count.   \
@@ -130,8 +164,12 @@ static int64_t owner_of(int64_t id, uint64_t m, int64_t owners) {
         {                                                                                        \
             int64_t owner = 0, owners = 1;                                                       \
             SPLIT_THREADS(owner, owners);                                                        \
-            const uint64_t q_range = range_multiplier(owners, query_index ? nq : n);             \
+            const int64_t q_rows = query_index ? nq : n;                                         \
+            const uint64_t q_range = range_multiplier(owners, q_rows);                           \
             const uint64_t i_range = range_multiplier(owners, ni);                               \
+            /* each thread zeroes the rows it owns: no separate pass over the tables */          \
+            if (d_query) zero_owned_rows_##SUFFIX(d_query, q_rows, d, q_range, owner, owners);   \
+            if (d_items) zero_owned_rows_##SUFFIX(d_items, ni, d, i_range, owner, owners);       \
             for (int64_t i = 0; i < n; ++i) {                                                    \
                 const int64_t qi = query_index ? query_index[i] : i;                             \
                 const REAL *q = query + qi * d;                                                  \
@@ -161,4 +199,4 @@ DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
 
 /* Bumped whenever a signature or formula changes: part of the compiled library's cache key. */
-int recstudio_native_abi(void) { return 2; }
+int recstudio_native_abi(void) { return 3; }

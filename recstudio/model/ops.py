@@ -200,8 +200,9 @@ class _NativeSampledInnerProductLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, items, candidates, query_index, scores = ctx.saved_tensors
-        d_query = torch.zeros_like(query) if ctx.needs_input_grad[0] else None
-        d_items = torch.zeros_like(items) if ctx.needs_input_grad[1] else None
+        # the kernel zeroes them (each thread its own rows), saving a pass over both tables
+        d_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
+        d_items = torch.empty_like(items) if ctx.needs_input_grad[1] else None
         n, c = candidates.shape
         d_scores = torch.empty_like(scores)  # the kernel's scratch
         getattr(native.kernels(), f"sipl_backward_{_NATIVE_SUFFIX[query.dtype]}")(
