@@ -163,3 +163,42 @@ def test_native_is_only_used_for_cpu_float_tensors_of_one_dtype(monkeypatch) -> 
     assert not ops._native_ok(f32, f32, ids.int())
     monkeypatch.setattr(native, "kernels", lambda: None)
     assert not ops._native_ok(f32, f32, ids)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_count_below_equals_brute_force(dtype: torch.dtype) -> None:
+    torch.manual_seed(8)
+    x = torch.randint(-3, 4, (40, 300)).to(dtype)  # many ties
+    x[torch.rand(40, 300) < 0.1] = -torch.inf
+    rows = torch.randint(0, 40, (500,))
+    values = x[rows, torch.randint(0, 300, (500,))]
+    below, below_or_equal, excluded = native.count_below(x, rows, values)
+    assert torch.equal(below, (x[rows] < values[:, None]).sum(1))
+    assert torch.equal(below_or_equal, (x[rows] <= values[:, None]).sum(1))
+    assert torch.equal(excluded, torch.isneginf(x).sum(1))
+    with pytest.raises(IndexError, match="row ids"):
+        native.count_below(x, torch.tensor([40]), values[:1])
+
+
+@needs_compiler
+def test_auc_from_the_counting_kernel_equals_the_sorting_path() -> None:
+    """Full-ranking AUC: the C counting pass and the sort + binary-search path agree exactly,
+    with ties, excluded (-inf) entries, targets among them, and users without targets."""
+    from recstudio.eval.metrics import auc_from_prepared
+
+    torch.manual_seed(9)
+    b, num = 300, 500
+    x = torch.randn(b, num).round(decimals=1)  # ties
+    x[torch.rand(b, num) < 0.1] = -torch.inf
+    per_user = torch.randint(0, 8, (b,))  # some users have no targets
+    rows = torch.repeat_interleave(torch.arange(b), per_user)
+    cols = torch.randint(0, num, (rows.numel(),))
+    assert native.kernels() is not None
+    fast = auc_from_prepared(x, rows, cols)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "kernels", lambda: None)
+        assert native.count_below(x, rows, x[rows, cols]) is None
+        slow = auc_from_prepared(x, rows, cols)
+    assert torch.equal(fast[1], slow[1]) and bool(fast[1].any()) and not bool(fast[1].all())
+    assert torch.allclose(fast[0], slow[0], rtol=0, atol=1e-15)

@@ -26,10 +26,12 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI = 3  # must equal recstudio_native_abi() in the C source
+ABI = 5  # must equal recstudio_native_abi() in the C source
 FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
 # Tried in order: OpenMP shares torch's runtime (the same libgomp.so.1 is already loaded) and
 # uses its threads; -march=native is not known to every compiler.
@@ -116,6 +118,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"sipl_backward_{suffix}")
         bwd.restype = None
         bwd.argtypes = [p, i64, p, p, i64, p, p, i64, i64, i64, cint, f64, f64, p, p, p]
+        counts = getattr(lib, f"count_below_{suffix}")
+        counts.restype = None
+        counts.argtypes = [p, i64, p, p, i64, p, p]
+        excluded = getattr(lib, f"count_neg_inf_{suffix}")
+        excluded.restype = None
+        excluded.argtypes = [p, i64, i64, p]
 
 
 @lru_cache(maxsize=1)
@@ -141,8 +149,46 @@ def kernels() -> ctypes.CDLL | None:
         log.debug("native CPU kernels loaded from %s", lib._name)
         return lib
     log.warning(
-        "native CPU kernels unavailable (%s); training uses the torch code, which is slower on CPU. "
+        "native CPU kernels unavailable (%s); training and AUC use the torch code, which is slower on CPU. "
         "Install a C compiler (cc), or set RECSTUDIO_NATIVE=0 to silence this.",
         error,
     )
     return None
+
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def count_below(
+    x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Counts for full-ranking AUC from one pass over each queried row.
+
+    For each query (``rows[t]``, ``values[t]``): how many entries of ``x[rows[t]]`` are below
+    and at most ``values[t]``; and for each row of ``x`` how many entries are -inf (excluded).
+    Returns (below [T], below_or_equal [T], excluded [b]), int64; None when the kernels are not
+    available or ``x`` is not a CPU float32/float64 matrix (the caller sorts instead).
+    """
+    lib = kernels()
+    suffix = _SUFFIX.get(x.dtype)
+    if lib is None or suffix is None or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] >= 2**31:
+        return None
+    x = x.contiguous()
+    rows = rows.to(torch.int64).contiguous()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= x.shape[0]):
+        raise IndexError(f"row ids must be in [0, {x.shape[0]})")
+    values = values.to(x.dtype).contiguous()
+    below = torch.empty(rows.shape[0], dtype=torch.int64)
+    below_or_equal = torch.empty_like(below)
+    excluded = torch.empty(x.shape[0], dtype=torch.int64)
+    getattr(lib, f"count_below_{suffix}")(
+        x.data_ptr(),
+        x.shape[1],
+        rows.data_ptr(),
+        values.data_ptr(),
+        rows.shape[0],
+        below.data_ptr(),
+        below_or_equal.data_ptr(),
+    )
+    getattr(lib, f"count_neg_inf_{suffix}")(x.data_ptr(), x.shape[0], x.shape[1], excluded.data_ptr())
+    return below, below_or_equal, excluded
