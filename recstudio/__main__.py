@@ -1,4 +1,4 @@
-from recstudio.cli import main
+from recstudio.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -207,3 +207,27 @@ def test_python_api_matches_cli_result(workdir: Path):
     result = recstudio.run(model="BPR", dataset=str(spec), train__epochs=2, model__embed_dim=8, quiet=True)
     assert result["run_id"] and result["epochs"] == 2
     assert "ndcg@10" in result["test"]
+
+
+@pytest.mark.parametrize(
+    "args, code", [(["--version"], 0), (["run", "-m", "NoSuchModel", "-d", "ml-100k"], 2)]
+)
+def test_console_exit_runs_exit_handlers_and_keeps_the_code(tmp_path: Path, args: list[str], code: int):
+    """The console entry skips the interpreter teardown but not atexit handlers or the code."""
+    script = (
+        "import atexit, sys\n"
+        "from recstudio import cli\n"
+        "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+        f"sys.argv = ['recstudio', *{args!r}]\n"
+        "cli.console_main()\n"
+        "print('not reached')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == code, out.stderr
+    assert "exit handler ran" in out.stdout and "not reached" not in out.stdout
+    if code:
+        assert "unknown model 'NoSuchModel'" in out.stderr
+    else:
+        assert "version" in out.stdout
