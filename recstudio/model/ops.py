@@ -5,6 +5,10 @@ zero gradient. ``torch.nn.functional.embedding``'s CPU backward sorts the indice
 measured 4.5x slower for a 2048 x 2 lookup into a 1683 x 64 table on the project's 2-core
 machine (617 us vs 136 us), which was the largest single cost of a BPR step. On CUDA the stock
 kernel is already fast and honours deterministic mode, so it is used unchanged there.
+
+``sampled_inner_product_loss``: the inner-product BPR/BCE loss with a hand-written backward;
+on CPU it runs as the C kernels of ``recstudio.model.native`` when they are available, else as
+a few large torch ops with the same formulas.
 """
 
 from __future__ import annotations
