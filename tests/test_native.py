@@ -1,4 +1,4 @@
-"""The C kernels of ``recstudio.model.native``: built on first use, same values and gradients as
+"""The C kernels of ``recstudio.native``: built on first use, same values and gradients as
 the torch code, bad ids rejected, thread count irrelevant to gradients, clean fallback."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from recstudio.model import native, ops
+from recstudio import native
+from recstudio.model import ops
 from recstudio.model.ops import sampled_inner_product_loss
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc)")
@@ -139,7 +140,7 @@ def test_kernels_build_into_the_cache_once(fresh_native) -> None:
 
 def test_without_a_compiler_training_falls_back_to_torch(fresh_native, monkeypatch, caplog) -> None:
     monkeypatch.setenv("CC", "/bin/false")
-    with caplog.at_level(logging.WARNING, logger="recstudio.model.native"):
+    with caplog.at_level(logging.WARNING, logger="recstudio.native"):
         assert native.kernels() is None
     assert "native CPU kernels unavailable" in caplog.text and "/bin/false" in caplog.text
     items = torch.randn(6, 3, requires_grad=True)

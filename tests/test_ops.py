@@ -247,3 +247,21 @@ def test_direct_step_only_when_no_skipped_hook_matters(variant: str) -> None:
     assert seen["global_step"] == 2 * seen["batches"] > 0
     if variant == "hook":
         assert seen["backward_hooks"] == seen["global_step"]  # the hook ran at every step
+
+
+def test_bpr_subclass_with_its_own_user_vectors_is_not_bypassed() -> None:
+    """BPR's fused path gathers user rows from the table itself; a subclass that computes user
+    vectors differently must see its ``user_vectors`` used."""
+    from recstudio.model.general.bpr import BPR
+
+    calls = []
+
+    class ScaledUsers(BPR):
+        def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+            calls.append(users.shape[0])
+            return 2.0 * super().user_vectors(users)
+
+    data = planted_data(num_users=30, num_items=25, seed=4)
+    batch = {"user": torch.randint(1, data.num_users, (16,)), "item": torch.randint(1, data.num_items, (16,))}
+    ScaledUsers(ScaledUsers.Config(), data).training_loss(batch).backward()
+    assert calls == [16]

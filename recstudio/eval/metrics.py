@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from recstudio.model import native
+from recstudio import native
 
 TOPK_METRICS: tuple[str, ...] = ("recall", "precision", "map", "ndcg", "mrr", "hit")
 """Metrics computed at each cutoff (reported as ``name@k``)."""

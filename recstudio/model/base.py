@@ -123,6 +123,7 @@ class Recommender(pl.LightningModule):
             and type(trainer.strategy.precision_plugin) is Precision
             and not self.train_config.gradient_clip
             and not _overrides_step_hooks(self, trainer.callbacks)
+            and hasattr(self.optimizers(), "_on_before_step")  # LightningOptimizer, Lightning 2.x
         )
 
     def on_train_epoch_start(self) -> None:
@@ -317,9 +318,10 @@ class ItemTowerRecommender(Recommender):
         return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, candidates
 
     def candidate_ids(
-        self, query: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
+        self, query: torch.Tensor | None, pos_items: torch.Tensor, neg_items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """[N, 1+K] positive and negative ids, without log q (for the fused BPR/BCE losses)."""
+        """[N, 1+K] positive and negative ids, without log q (for the fused BPR/BCE losses).
+        ``query`` [N, d] is needed only by samplers that draw from it (``Sampler.uses_query``)."""
         if neg_items is None:
             neg_items = self.sampler.sample_ids(pos_items.shape[0], self.num_negatives, query=query)
         return torch.cat([pos_items.unsqueeze(1), neg_items], dim=1)

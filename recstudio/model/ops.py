@@ -7,7 +7,7 @@ machine (617 us vs 136 us), which was the largest single cost of a BPR step. On 
 kernel is already fast and honours deterministic mode, so it is used unchanged there.
 
 ``sampled_inner_product_loss``: the inner-product BPR/BCE loss with a hand-written backward;
-on CPU it runs as the C kernels of ``recstudio.model.native`` when they are available, else as
+on CPU it runs as the C kernels of ``recstudio.native`` when they are available, else as
 a few large torch ops with the same formulas.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recstudio.model import native
+from recstudio import native
 
 
 class _GatherRows(torch.autograd.Function):
@@ -152,7 +152,7 @@ class _SampledInnerProductLoss(torch.autograd.Function):
 
 
 class _NativeSampledInnerProductLoss(torch.autograd.Function):
-    """``_SampledInnerProductLoss`` computed by the C kernels of ``recstudio.model.native``:
+    """``_SampledInnerProductLoss`` computed by the C kernels of ``recstudio.native``:
     one pass over the batch forward and one backward, with the query rows optionally gathered
     from a table inside the kernel (``query_index``)."""
 
@@ -270,7 +270,7 @@ def sampled_inner_product_loss(
     With ``query_index`` [N], ``query`` is a table and the queries are its rows
     ``query[query_index]`` (row ``query_padding_idx`` gets no gradient).
 
-    On CPU the C kernels of ``recstudio.model.native`` compute it when they are available
+    On CPU the C kernels of ``recstudio.native`` compute it when they are available
     (same formulas; the float sums differ only in rounding); otherwise torch ops do.
     """
     if kind not in FUSED_LOSSES:

@@ -86,10 +86,13 @@ class BPR(TwoTowerRecommender):
         """
         users, pos = batch["user"], batch["item"]
         table = self.user_emb.weight
-        kind = None if self.sampler.uses_query else self.fused_loss_kind(table)
+        # the user rows are gathered inside the fused loss (query_index), so no [N, d] query is
+        # built: only for the plain user table (a subclass may compute user vectors otherwise)
+        # and a sampler that does not draw from the query
+        plain_users = type(self).user_vectors is BPR.user_vectors and not self.sampler.uses_query
+        kind = self.fused_loss_kind(table) if plain_users else None
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
-            # the user rows are gathered inside the loss (query_index), so no [N, d] query exists
-            candidates = self.candidate_ids(table, pos, batch.get("neg_item"))
+            candidates = self.candidate_ids(None, pos, batch.get("neg_item"))
             return sampled_inner_product_loss(
                 table,
                 self.item_emb.weight,

@@ -1,4 +1,4 @@
-/* Native CPU kernels for the hot training step and full-ranking AUC (see recstudio/model/native.py).
+/* Native CPU kernels for the hot training step and full-ranking AUC (see recstudio/native.py).
  *
  * The sampled inner-product loss (BPR / BCE with BPR-Opt's L2 penalty) as one pass over the
  * batch: on the project's 2-core CPU, torch spends most of this step in per-op dispatch and
