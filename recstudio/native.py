@@ -2,10 +2,11 @@
 
 Why: on a small CPU a BPR step is a few hundred thousand multiply-adds, and torch spends most of
 it dispatching ~15 small ops and handing them to its thread pool. One C pass over the batch
-(``native_kernels.c``) does the same arithmetic several times faster.
+(``native_kernels.c``) does the same arithmetic about three times faster. The same library
+counts the ranks that full-ranking AUC needs without sorting every row.
 
-Why compiled here rather than shipped: the source is ~100 lines of plain C99 without torch
-headers, so it builds in well under a second with ``cc`` and needs no build step at install.
+Why compiled here rather than shipped: the source is a few hundred lines of plain C99 without
+torch headers, so ``cc`` builds it in about 1.5 s and no build step is needed at install.
 The library lands under ``$XDG_CACHE_HOME/recstudio/native`` (default ``~/.cache``), keyed by
 the source, compiler flags and CPU, and is written to a temporary file and renamed into place
 so that concurrent workers never load a half-written file.
@@ -156,7 +157,90 @@ def kernels() -> ctypes.CDLL | None:
     return None
 
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+"""Tensor dtypes the kernels take, with the suffix of their C functions."""
+_LOSS_KINDS = {"bpr": 0, "bce": 1}
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def sampled_loss_forward(
+    query: torch.Tensor,
+    items: torch.Tensor,
+    candidates: torch.Tensor,
+    query_index: torch.Tensor | None,
+    kind: str,
+    reg_weight: float,
+) -> tuple[float, torch.Tensor]:
+    """Loss value and the [N, 1+K] candidate scores of ``ops.sampled_inner_product_loss``.
+
+    Inputs are contiguous CPU tensors of one dtype in ``DTYPES`` (int64 ids); ids out of range
+    raise ``IndexError`` naming the first one, before anything is computed.
+    """
+    n, c = candidates.shape
+    scores = query.new_empty((n, c))
+    loss = ctypes.c_double()
+    bad = getattr(kernels(), f"sipl_forward_{DTYPES[query.dtype]}")(
+        query.data_ptr(),
+        query.shape[0],
+        _ptr(query_index),
+        items.data_ptr(),
+        items.shape[0],
+        candidates.data_ptr(),
+        n,
+        c,
+        items.shape[1],
+        _LOSS_KINDS[kind],
+        reg_weight,
+        scores.data_ptr(),
+        ctypes.byref(loss),
+    )
+    if bad > 0:
+        raise IndexError(f"item id {int(candidates.view(-1)[bad - 1])} out of range [0, {items.shape[0]})")
+    if bad < 0:
+        raise IndexError(f"query id {int(query_index[-bad - 1])} out of range [0, {query.shape[0]})")
+    return loss.value, scores
+
+
+def sampled_loss_backward(
+    query: torch.Tensor,
+    items: torch.Tensor,
+    candidates: torch.Tensor,
+    query_index: torch.Tensor | None,
+    scores: torch.Tensor,
+    kind: str,
+    reg_weight: float,
+    grad: float,
+    want: tuple[bool, bool] = (True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (query, items) of ``grad`` times the loss, from ``sampled_loss_forward``'s
+    inputs and scores; None for a side not in ``want``. The kernel zeroes the gradient tables
+    itself (each thread the rows it owns), saving a pass over them."""
+    d_query = torch.empty_like(query) if want[0] else None
+    d_items = torch.empty_like(items) if want[1] else None
+    n, c = candidates.shape
+    scratch = torch.empty_like(scores)  # the loss's gradient per score
+    getattr(kernels(), f"sipl_backward_{DTYPES[query.dtype]}")(
+        query.data_ptr(),
+        query.shape[0],
+        _ptr(query_index),
+        items.data_ptr(),
+        items.shape[0],
+        candidates.data_ptr(),
+        scores.data_ptr(),
+        n,
+        c,
+        items.shape[1],
+        _LOSS_KINDS[kind],
+        grad,
+        reg_weight,
+        scratch.data_ptr(),
+        _ptr(d_query),
+        _ptr(d_items),
+    )
+    return d_query, d_items
 
 
 def count_below(
@@ -170,7 +254,7 @@ def count_below(
     available or ``x`` is not a CPU float32/float64 matrix (the caller sorts instead).
     """
     lib = kernels()
-    suffix = _SUFFIX.get(x.dtype)
+    suffix = DTYPES.get(x.dtype)
     if lib is None or suffix is None or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] >= 2**31:
         return None
     x = x.contiguous()

@@ -13,8 +13,6 @@ a few large torch ops with the same formulas.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,64 +166,27 @@ class _NativeSampledInnerProductLoss(torch.autograd.Function):
         padding_idx: int | None,
         query_padding_idx: int | None,
     ) -> torch.Tensor:
-        lib = native.kernels()
-        suffix = _NATIVE_SUFFIX[query.dtype]
         query, items = query.detach().contiguous(), items.detach().contiguous()
         candidates = candidates.contiguous()
-        n, c = candidates.shape
-        scores = query.new_empty((n, c))
-        loss = ctypes.c_double()
-        bad = getattr(lib, f"sipl_forward_{suffix}")(
-            query.data_ptr(),
-            query.shape[0],
-            None if query_index is None else query_index.data_ptr(),
-            items.data_ptr(),
-            items.shape[0],
-            candidates.data_ptr(),
-            n,
-            c,
-            items.shape[1],
-            _KIND_CODES[kind],
-            reg_weight,
-            scores.data_ptr(),
-            ctypes.byref(loss),
-        )
-        if bad > 0:
-            raise IndexError(
-                f"item id {int(candidates.view(-1)[bad - 1])} out of range [0, {items.shape[0]})"
-            )
-        if bad < 0:
-            raise IndexError(f"query id {int(query_index[-bad - 1])} out of range [0, {query.shape[0]})")
+        loss, scores = native.sampled_loss_forward(query, items, candidates, query_index, kind, reg_weight)
         ctx.save_for_backward(query, items, candidates, query_index, scores)
         ctx.kind, ctx.reg_weight = kind, reg_weight
         ctx.padding_idx, ctx.query_padding_idx = padding_idx, query_padding_idx
-        return query.new_full((), loss.value)
+        return query.new_full((), loss)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, items, candidates, query_index, scores = ctx.saved_tensors
-        # the kernel zeroes them (each thread its own rows), saving a pass over both tables
-        d_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
-        d_items = torch.empty_like(items) if ctx.needs_input_grad[1] else None
-        n, c = candidates.shape
-        d_scores = torch.empty_like(scores)  # the kernel's scratch
-        getattr(native.kernels(), f"sipl_backward_{_NATIVE_SUFFIX[query.dtype]}")(
-            query.data_ptr(),
-            query.shape[0],
-            None if query_index is None else query_index.data_ptr(),
-            items.data_ptr(),
-            items.shape[0],
-            candidates.data_ptr(),
-            scores.data_ptr(),
-            n,
-            c,
-            items.shape[1],
-            _KIND_CODES[ctx.kind],
-            float(grad),
+        d_query, d_items = native.sampled_loss_backward(
+            query,
+            items,
+            candidates,
+            query_index,
+            scores,
+            ctx.kind,
             ctx.reg_weight,
-            d_scores.data_ptr(),
-            None if d_query is None else d_query.data_ptr(),
-            None if d_items is None else d_items.data_ptr(),
+            float(grad),
+            want=(ctx.needs_input_grad[0], ctx.needs_input_grad[1]),
         )
         if d_items is not None and ctx.padding_idx is not None:
             d_items[ctx.padding_idx] = 0
@@ -234,16 +195,12 @@ class _NativeSampledInnerProductLoss(torch.autograd.Function):
         return d_query, d_items, None, None, None, None, None, None
 
 
-_KIND_CODES = {"bpr": 0, "bce": 1}
-_NATIVE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
 def _native_ok(query: torch.Tensor, items: torch.Tensor, *indices: torch.Tensor | None) -> bool:
     """The C kernels take CPU float32/float64 tensors of one dtype and int64 ids, and need the
     library to have compiled (``native.kernels()``)."""
     if query.device.type != "cpu" or items.device.type != "cpu" or query.dtype != items.dtype:
         return False
-    if query.dtype not in _NATIVE_SUFFIX or query.dim() != 2 or items.dim() != 2:
+    if query.dtype not in native.DTYPES or query.dim() != 2 or items.dim() != 2:
         return False
     if any(ix is not None and (ix.dtype != torch.int64 or ix.device.type != "cpu") for ix in indices):
         return False
