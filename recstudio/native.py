@@ -83,6 +83,7 @@ def _load(compiler: str, flags: list[str]) -> ctypes.CDLL:
     ).hexdigest()[:16]
     target = cache_dir() / f"recstudio_kernels-{key}.so"
     if not target.exists():
+        log.info("building the native CPU kernels (first use, about 2 s): %s", target)
         _build(compiler, flags, target)
     lib = ctypes.CDLL(str(target))
     if lib.recstudio_native_abi() != ABI:
