@@ -224,24 +224,39 @@ def auc_from_prepared(
     rows, values = target_rows[keep], values[keep]
     n_pos = row_counts(rows, b)
     counts = native.count_below(x, rows, values) if device.type == "cpu" else None
-    if counts is not None:
-        # one counting pass over the row per target (C kernel) instead of sorting every row
-        n_excluded = counts[2]
-        n_neg = (num - n_excluded) - n_pos
-        valid = (n_pos > 0) & (n_neg > 0)
-        below = (counts[0] + counts[1]).to(torch.float64) * 0.5 - n_excluded[rows].to(torch.float64)
-        pos_f = n_pos.to(torch.float64)
-        pairs = torch.zeros(b, dtype=torch.float64).index_add_(0, rows, below) - pos_f * pos_f * 0.5
-        value = pairs / (pos_f * n_neg.to(torch.float64)).clamp_min(1.0)
-        return torch.where(valid, value, 0.0), valid
+    if counts is not None:  # one counting pass over the row per target instead of sorting rows
+        below, n_excluded = _below_sums_by_counting(counts, rows, b)
+    else:
+        below, n_excluded = _below_sums_by_sorting(x, rows, values, n_pos)
+    n_neg = (num - n_excluded) - n_pos
+    valid = (n_pos > 0) & (n_neg > 0)
+    pos_f = n_pos.to(torch.float64)
+    pairs = below - pos_f * pos_f * 0.5
+    value = pairs / (pos_f * n_neg.to(torch.float64)).clamp_min(1.0)
+    return torch.where(valid, value, 0.0), valid
+
+
+def _below_sums_by_counting(
+    counts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor, b: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum over its targets of (left + right) / 2 - E, and E, from the C counts."""
+    below_count, below_or_equal, n_excluded = counts
+    below = (below_count + below_or_equal).to(torch.float64) * 0.5 - n_excluded[rows].to(torch.float64)
+    return torch.zeros(b, dtype=torch.float64).index_add_(0, rows, below), n_excluded
+
+
+def _below_sums_by_sorting(
+    x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, n_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same sums as ``_below_sums_by_counting`` from sorted rows and binary searches."""
+    b, num = x.shape
+    device = x.device
     ordered = _sorted_rows(x).to(device)
     lowest = torch.full((b, 1), torch.finfo(x.dtype).min, dtype=x.dtype, device=device)
     n_excluded = torch.searchsorted(ordered, lowest, side="left").squeeze(1)  # the -inf entries
-    n_neg = (num - n_excluded) - n_pos
-    valid = (n_pos > 0) & (n_neg > 0)
     width = int(n_pos.max())  # one host sync per block: sizes the padded query matrix
     if width == 0:
-        return zeros, valid
+        return torch.zeros(b, dtype=torch.float64, device=device), n_excluded
     offsets = n_pos.cumsum(0) - n_pos
     slot = torch.arange(rows.numel(), device=device) - offsets[rows]
     queries = torch.full((b, width), math.inf, dtype=x.dtype, device=device)
@@ -258,10 +273,7 @@ def auc_from_prepared(
     if right is None:
         right = torch.searchsorted(ordered, queries, side="right")
     below = (left + right).to(torch.float64) * 0.5 - n_excluded[:, None].to(torch.float64)
-    pos_f = n_pos.to(torch.float64)
-    pairs = torch.where(in_use, below, 0.0).sum(1) - pos_f * pos_f * 0.5
-    value = pairs / (pos_f * n_neg.to(torch.float64)).clamp_min(1.0)
-    return torch.where(valid, value, 0.0), valid
+    return torch.where(in_use, below, 0.0).sum(1), n_excluded
 
 
 def auc(
