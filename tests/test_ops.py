@@ -235,7 +235,7 @@ def test_direct_step_only_when_no_skipped_hook_matters(variant: str) -> None:
         def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
             seen["direct"] = pl_module._direct_step
             seen["global_step"] = trainer.global_step
-            seen["batches"] = trainer.num_training_batches
+            seen["steps_per_epoch"] = len(trainer.train_dataloader.view)  # StepGroups: steps, not groups
 
     class BackwardHook(Probe):
         def on_after_backward(self, trainer, pl_module) -> None:  # noqa: ANN001
@@ -244,7 +244,7 @@ def test_direct_step_only_when_no_skipped_hook_matters(variant: str) -> None:
     probe = BackwardHook() if variant == "hook" else Probe()
     run(cfg, RunOptions(tracking=False, quiet=True, callbacks=[probe]), data=data)
     assert seen["direct"] is (variant == "plain")
-    assert seen["global_step"] == 2 * seen["batches"] > 0
+    assert seen["global_step"] == 2 * seen["steps_per_epoch"] > 0
     if variant == "hook":
         assert seen["backward_hooks"] == seen["global_step"]  # the hook ran at every step
 
@@ -265,3 +265,59 @@ def test_bpr_subclass_with_its_own_user_vectors_is_not_bypassed() -> None:
     batch = {"user": torch.randint(1, data.num_users, (16,)), "item": torch.randint(1, data.num_items, (16,))}
     ScaledUsers(ScaledUsers.Config(), data).training_loss(batch).backward()
     assert calls == [16]
+
+
+@pytest.mark.parametrize("variant", ["plain", "hook"])
+def test_step_groups_train_exactly_like_single_batches(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouping training batches per Lightning batch changes no step: the same parameters, epoch
+    losses and optimizer step count, bitwise, with groups of 1, 3 (a partial last group) and 8,
+    on the direct step ("plain") and on Lightning's path (a backward hook, run at every step)."""
+    import pytorch_lightning as pl
+
+    import recstudio.pipeline as pipeline
+    from recstudio.config import resolve
+
+    data = planted_data()
+    cfg = resolve(
+        model="BPR",
+        dataset=data.name,
+        overrides={"epochs": 2, "early_stop_patience": 0, "batch_size": 128, "seed": 7},
+    )
+
+    class Probe(pl.Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.after_backward = 0
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            self.losses.append(pl_module.epoch_mean_loss())
+
+        def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            self.params = torch.cat([p.detach().flatten().clone() for p in pl_module.parameters()])
+            self.global_step = trainer.global_step
+            self.loader_batches = trainer.num_training_batches
+            self.direct = pl_module._direct_step
+
+    class HookProbe(Probe):
+        def on_after_backward(self, trainer, pl_module) -> None:  # noqa: ANN001
+            self.after_backward += 1
+
+    probes = {}
+    for steps in (1, 3, 8):
+        monkeypatch.setattr(pipeline, "STEPS_PER_LOOP_BATCH", steps)
+        probes[steps] = HookProbe() if variant == "hook" else Probe()
+        pipeline.run(
+            cfg, pipeline.RunOptions(tracking=False, quiet=True, callbacks=[probes[steps]]), data=data
+        )
+    reference = probes[1]
+    steps_per_epoch = reference.loader_batches
+    assert reference.direct is (variant == "plain")
+    assert reference.global_step == 2 * steps_per_epoch > 8
+    for steps in (3, 8):
+        probe = probes[steps]
+        assert probe.loader_batches == -(-steps_per_epoch // steps)
+        assert probe.global_step == reference.global_step
+        assert probe.losses == reference.losses
+        assert torch.equal(probe.params, reference.params)
+        if variant == "hook":
+            assert probe.after_backward == reference.after_backward == reference.global_step

@@ -311,3 +311,36 @@ def build_view(
     if name in ("seq", "seq2seq"):
         return VIEWS[name](data, batch_size, seed, max_len=max_len, **common)
     return VIEWS[name](data, batch_size, seed, **common)
+
+
+class StepGroups(IterableDataset):
+    """Consecutive batches of a view, ``steps`` at a time, as lists: one Lightning batch each.
+
+    Lightning's loop costs ~0.4 ms per batch on the 2-core CPU (data fetcher, hooks, progress
+    bookkeeping), a quarter of a BPR step on ml-1m. A model whose ``training_step`` takes a list
+    makes one optimizer step per element, so the batches, their order and the optimizer steps are
+    exactly those of the ungrouped view; only Lightning's per-batch work runs ``steps`` times less.
+    """
+
+    def __init__(self, view: BaseView, steps: int) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ConfigError(f"steps per group must be >= 1, got {steps}")
+        self.view = view
+        self.steps = steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.view) / self.steps)
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        group: list[Batch] = []
+        for batch in self.view:
+            group.append(batch)
+            if len(group) == self.steps:
+                yield group
+                group = []
+        if group:
+            yield group
