@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -87,10 +88,37 @@ def run_ours(dataset: str, epochs: int, data_dir: Path) -> dict:
     return {"train": row["epoch_s"], "valid": row["valid_s"], "ndcg@10": row["test_ndcg@10"]}
 
 
-def run_reference(python: str, script: str, dataset: str, epochs: int, work: Path) -> dict:
+def run_reference(
+    python: str, script: str, dataset: str, epochs: int, work: Path, extra: list[str] | None = None
+) -> dict:
     cmd = [python, str(HERE / script), "--data", str(work), "--dataset", dataset, "--epochs", str(epochs)]
+    cmd += extra or []
     result = run_json(cmd)
     return {"train": steady(result["train_epoch_s"]), "valid": steady(result["valid_s"])}
+
+
+def end_to_end(name: str, python: str | None, script: str | None, work: Path, data_dir: Path) -> dict:
+    """Wall seconds of a default ml-100k run (its own epochs and early stopping), imports included;
+    ours is the README's main command with an empty cache (so it prepares the data too)."""
+    with tempfile.TemporaryDirectory() as cwd:
+        if python is None:
+            env = {**os.environ, "RECSTUDIO_DATA_DIR": str(data_dir), "RECSTUDIO_CACHE_DIR": cwd + "/cache"}
+            cmd = [sys.executable, "-m", "recstudio", "run", "-m", "BPR", "-d", "ml-100k", "--json"]
+        else:
+            env = dict(os.environ)
+            cmd = [python, str(HERE / script), "--data", str(work), "--dataset", "ml-100k", "--epochs", "0"]
+        started = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=cwd)
+        wall = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"{name} end to end failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    epochs = result["epochs"] if python is None else len(result["train_epoch_s"])
+    test = result["test"]
+    if isinstance(test, str):  # RecStudio 0.0.2a1 reports its test line as text
+        match = re.search(r"ndcg@10=([0-9.]+)", test)
+        test = {"ndcg@10": float(match.group(1))} if match else {}
+    return {"library": name, "wall_s": wall, "epochs": epochs, "ndcg@10": test.get("ndcg@10", float("nan"))}
 
 
 def main() -> None:
@@ -103,27 +131,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--data-dir", help="default: $RECSTUDIO_DATA_DIR")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="each round also times a default ml-100k run of each"
+    )
+    parser.add_argument(
+        "--recbole-eval-batch",
+        type=int,
+        default=4096,
+        help="RecBole's eval_batch_size (default 4096, its default; 100000000 scores all users at once)",
+    )
     args = parser.parse_args()
     root = data_root(args.data_dir)
     datasets = args.dataset or ["ml-100k", "ml-1m"]
-    libraries = [("recstudio (this)", None, None)]
+    libraries: list[tuple[str, str | None, str | None, list[str]]] = [("recstudio (this)", None, None, [])]
     if args.recbole_python:
-        libraries.append(("recbole 1.2.1", args.recbole_python, "recbole_bpr.py"))
+        extra = ["--eval-batch", str(args.recbole_eval_batch)]
+        libraries.append(("recbole 1.2.1", args.recbole_python, "recbole_bpr.py", extra))
     if args.orig_python:
-        libraries.append(("recstudio 0.0.2a1", args.orig_python, "recstudio_orig_bpr.py"))
-    rows = []
+        libraries.append(("recstudio 0.0.2a1", args.orig_python, "recstudio_orig_bpr.py", []))
+    rows, e2e_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_atomic_files(root, work, datasets)
         for round_no in range(1, args.rounds + 1):
             for dataset in datasets:
                 times = {}
-                for name, python, script in libraries:
+                for name, python, script, extra in libraries:
                     started = time.perf_counter()
                     if python is None:
                         times[name] = run_ours(dataset, args.epochs, root)
                     else:
-                        times[name] = run_reference(python, script, dataset, args.epochs, work)
+                        times[name] = run_reference(python, script, dataset, args.epochs, work, extra)
                     print(
                         f"round {round_no} {dataset} {name}: train {times[name]['train']:.3f} s/epoch, "
                         f"validation {times[name]['valid']:.3f} s ({time.perf_counter() - started:.0f} s)",
@@ -142,7 +180,18 @@ def main() -> None:
                             "valid_x_ours": t["valid"] / ours["valid"],
                         }
                     )
+            if args.end_to_end and "ml-100k" in datasets:
+                for name, python, script, _ in libraries:
+                    row = {"round": round_no, **end_to_end(name, python, script, work, root)}
+                    print(f"round {round_no} end to end {name}: {row['wall_s']:.1f} s", file=sys.stderr)
+                    e2e_rows.append(row)
     print_table(rows)
+    if e2e_rows:
+        print("\nend to end, ml-100k, each library's defaults (early stopping); wall seconds incl. imports")
+        for row in e2e_rows:
+            print(
+                f"round {row['round']}  {row['library']:<18} {row['wall_s']:6.1f} s  {row['epochs']} epochs"
+            )
 
 
 def print_table(rows: list[dict]) -> None:

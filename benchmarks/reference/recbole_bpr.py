@@ -2,6 +2,8 @@
 
     python recbole_bpr.py --data WORK --dataset ml-100k --epochs 10 [--eval-batch 4096]
 
+``--epochs 0`` keeps RecBole's own defaults (300 epochs, early stopping after 10 without gain).
+
 WORK holds ``<dataset>/<dataset>.inter`` in RecBole's atomic format (``compare.py`` writes it).
 Prints one JSON line: per-epoch training and validation seconds, timed around RecBole's own
 ``_train_epoch`` / ``_valid_epoch`` (what its log reports), and the test metrics.
@@ -20,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="0: RecBole's defaults (300, early stopping)")
     parser.add_argument("--eval-batch", type=int, default=4096)
     args = parser.parse_args()
     # RecBole 1.2.1 reloads its own pickled checkpoint, which torch >= 2.6 refuses by default
@@ -53,8 +55,6 @@ def main() -> None:
             "embedding_size": 64,
             "train_batch_size": 2048,
             "eval_batch_size": args.eval_batch,
-            "epochs": args.epochs,
-            "stopping_step": 10**6,
             "eval_step": 1,
             "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
             "eval_args": {
@@ -71,6 +71,8 @@ def main() -> None:
             "show_progress": False,
             "checkpoint_dir": ckpt,
         }
+        if args.epochs > 0:  # a fixed number of epochs; else its defaults (300, stop after 10 flat)
+            config.update(epochs=args.epochs, stopping_step=10**6)
         if with_ratings:
             config["val_interval"] = {"rating": "[3,inf)"}
         result = run_recbole(model="BPR", config_dict=config)

@@ -2,6 +2,8 @@
 
     python recstudio_orig_bpr.py --data WORK --dataset ml-100k --epochs 10
 
+``--epochs 0`` keeps its own defaults (100 epochs, early stopping after 10 without gain).
+
 WORK holds ``<dataset>/<dataset>.inter`` in atomic format (``compare.py`` writes it; the ml-1m
 pairs get constant rating and timestamp columns, which its loader requires and the random split
 ignores). Prints one
@@ -67,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="0: its defaults (100, early stopping)")
     args = parser.parse_args()
     install_shims()
     import torch
@@ -96,6 +98,8 @@ def main() -> None:
         )
     else:
         data_config.update(user_feat_name=None)
+    # a fixed number of epochs; else its defaults (100 epochs, stop after 10 without gain)
+    fixed_epochs = {"epochs": args.epochs, "early_stop_patience": 10**6} if args.epochs > 0 else {}
     collector = TimeCollector()
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)  # it writes logs and checkpoints into the working directory
@@ -112,11 +116,10 @@ def main() -> None:
             model="BPR",
             dataset=args.dataset,
             data_config=data_config,
-            epochs=args.epochs,
             gpu=None,
             accelerator="cpu",
             num_threads=os.cpu_count() or 1,
-            early_stop_patience=10**6,
+            **fixed_epochs,
         )
     print(json.dumps({"train_epoch_s": collector.train, "valid_s": collector.valid, "test": collector.test}))
 
