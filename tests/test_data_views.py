@@ -162,3 +162,27 @@ def test_unknown_view_and_bad_options() -> None:
         build_view("triplet", _data(), 0, 0)
     with pytest.raises(ConfigError, match="rank"):
         build_view("triplet", _data(), 4, 0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 100])
+def test_step_groups_regroup_the_same_batches_in_order(steps: int) -> None:
+    """StepGroups yields the view's batches unchanged, in order, ``steps`` per list (the last
+    list may be shorter); its length counts lists and set_epoch reaches the view."""
+    from recstudio.data.views import StepGroups
+
+    data = _data()
+    plain = build_view("triplet", data, batch_size=2, seed=5)  # 4 batches: 3 -> groups of 3 and 1
+    grouped = StepGroups(build_view("triplet", data, batch_size=2, seed=5), steps)
+    plain.set_epoch(2)
+    grouped.set_epoch(2)
+    expected = _epoch(plain)
+    groups = list(grouped)
+    assert len(groups) == len(grouped) == -(-len(expected) // steps)
+    assert all(len(g) == steps for g in groups[:-1]) and 1 <= len(groups[-1]) <= steps
+    flat = [batch for group in groups for batch in group]
+    assert len(flat) == len(expected)
+    for got, want in zip(flat, expected, strict=True):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ConfigError, match="steps per group"):
+        StepGroups(plain, 0)
