@@ -15,7 +15,8 @@ validation every epoch, per-user random 0.8/0.1/0.1 split. ml-100k keeps ratings
 ml-1m is the user-item pairs of ``ml-1m/ratings.parquet``. Each library times its epochs its own
 way (RecBole: ``_train_epoch``/``_valid_epoch``; RecStudio 0.0.2a1: its fit loop's "Train time";
 ours: ``benchmarks/speed.py``); all three include batch building and negative sampling. Reported:
-the median over epochs 2..N of each run (the first epoch pays one-off costs in all three).
+the median over epochs 2..N for the references (their first epoch pays one-off costs) and over
+all N epochs for ours (speed.py's median; the first epoch in it can only make ours look slower).
 """
 
 from __future__ import annotations
