@@ -71,6 +71,17 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--epochs", type=int, default=10, help="0: its defaults (100, early stopping)")
     args = parser.parse_args()
+    data_root = os.path.abspath(args.data)
+    with tempfile.TemporaryDirectory() as work:
+        # it writes logs, TensorBoard files and checkpoints under the working directory, some of
+        # them at import time: run it in a scratch folder
+        os.chdir(work)
+        os.makedirs("log", exist_ok=True)
+        result = run_bpr(args.dataset, args.epochs, data_root)
+    print(json.dumps(result))
+
+
+def run_bpr(dataset: str, epochs: int, data_root: str) -> dict:
     install_shims()
     import torch
 
@@ -78,10 +89,10 @@ def main() -> None:
     run_module = importlib.import_module("recstudio.quickstart.run")
 
     torch.set_num_threads(os.cpu_count() or 1)
-    data_config: dict = {"url": os.path.join(args.data, args.dataset), "save_cache": False}
-    if args.dataset != "ml-100k":  # user-item pairs; its loader insists on rating and time columns
+    data_config: dict = {"url": os.path.join(data_root, dataset), "save_cache": False}
+    if dataset != "ml-100k":  # user-item pairs; its loader insists on rating and time columns
         data_config.update(
-            inter_feat_name=f"{args.dataset}.inter",
+            inter_feat_name=f"{dataset}.inter",
             user_id_field="user_id:token",
             item_id_field="item_id:token",
             rating_field="rating:float",
@@ -99,29 +110,26 @@ def main() -> None:
     else:
         data_config.update(user_feat_name=None)
     # a fixed number of epochs; else its defaults (100 epochs, stop after 10 without gain)
-    fixed_epochs = {"epochs": args.epochs, "early_stop_patience": 10**6} if args.epochs > 0 else {}
+    fixed_epochs = {"epochs": epochs, "early_stop_patience": 10**6} if epochs > 0 else {}
     collector = TimeCollector()
-    with tempfile.TemporaryDirectory() as work:
-        os.chdir(work)  # it writes logs and checkpoints into the working directory
-        os.makedirs("log", exist_ok=True)
-        original_get_logger = run_module.get_logger
+    original_get_logger = run_module.get_logger
 
-        def get_logger(*a, **kw) -> logging.Logger:  # noqa: ANN002, ANN003 - its signature
-            logger = original_get_logger(*a, **kw)  # clears the logger's handlers, then adds its own
-            logger.addHandler(collector)
-            return logger
+    def get_logger(*a, **kw) -> logging.Logger:  # noqa: ANN002, ANN003 - its signature
+        logger = original_get_logger(*a, **kw)  # clears the logger's handlers, then adds its own
+        logger.addHandler(collector)
+        return logger
 
-        run_module.get_logger = get_logger
-        run_module.run(
-            model="BPR",
-            dataset=args.dataset,
-            data_config=data_config,
-            gpu=None,
-            accelerator="cpu",
-            num_threads=os.cpu_count() or 1,
-            **fixed_epochs,
-        )
-    print(json.dumps({"train_epoch_s": collector.train, "valid_s": collector.valid, "test": collector.test}))
+    run_module.get_logger = get_logger
+    run_module.run(
+        model="BPR",
+        dataset=dataset,
+        data_config=data_config,
+        gpu=None,
+        accelerator="cpu",
+        num_threads=os.cpu_count() or 1,
+        **fixed_epochs,
+    )
+    return {"train_epoch_s": collector.train, "valid_s": collector.valid, "test": collector.test}
 
 
 if __name__ == "__main__":
