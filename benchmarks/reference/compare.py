@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -70,10 +71,15 @@ def steady(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+def run_checked(cmd: list[str], what: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run ``cmd``; on failure stop with the tail of its stderr, naming ``what`` failed."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
     if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return out
+
+
+def last_json_line(out: subprocess.CompletedProcess) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -82,9 +88,7 @@ def run_ours(dataset: str, epochs: int, data_dir: Path) -> dict:
         env = {**os.environ, "RECSTUDIO_DATA_DIR": str(data_dir)}
         cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--dataset", OURS[dataset]]
         cmd += ["--epochs", str(epochs), "--json", out.name]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"speed.py failed:\n{done.stderr[-3000:]}")
+        run_checked(cmd, "speed.py", env=env)
         row = json.loads(Path(out.name).read_text())["speed"][0]
     return {"train": row["epoch_s"], "valid": row["valid_s"], "ndcg@10": row["test_ndcg@10"]}
 
@@ -94,7 +98,7 @@ def run_reference(
 ) -> dict:
     cmd = [python, str(HERE / script), "--data", str(work), "--dataset", dataset, "--epochs", str(epochs)]
     cmd += extra or []
-    result = run_json(cmd)
+    result = last_json_line(run_checked(cmd, script))
     return {"train": steady(result["train_epoch_s"]), "valid": steady(result["valid_s"])}
 
 
@@ -109,11 +113,9 @@ def end_to_end(name: str, python: str | None, script: str | None, work: Path, da
             env = dict(os.environ)
             cmd = [python, str(HERE / script), "--data", str(work), "--dataset", "ml-100k", "--epochs", "0"]
         started = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=cwd)
+        out = run_checked(cmd, f"{name} end to end", env=env, cwd=cwd)
         wall = time.perf_counter() - started
-    if out.returncode != 0:
-        raise SystemExit(f"{name} end to end failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = last_json_line(out)
     epochs = result["epochs"] if python is None else len(result["train_epoch_s"])
     test = result["test"]
     if isinstance(test, str):  # RecStudio 0.0.2a1 reports its test line as text
@@ -191,13 +193,14 @@ def main() -> None:
         print("\nend to end, ml-100k, each library's defaults (early stopping); wall seconds incl. imports")
         for row in e2e_rows:
             print(
-                f"round {row['round']}  {row['library']:<18} {row['wall_s']:6.1f} s  {row['epochs']} epochs"
+                f"round {row['round']}  {row['library']:<18} {row['wall_s']:6.1f} s"
+                f"  {row['epochs']:>3} epochs  test NDCG@10 {row['ndcg@10']:.4f}"
             )
 
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "\nBPR, batch 2048, validation every epoch; median of epochs 2..N; "
+        "\nBPR, batch 2048, validation every epoch; median over epochs (references: 2..N, ours: all); "
         "*_x_ours = that library's seconds / ours (higher: we are faster)"
     )
     header = ["round", "dataset", "library", "train_s", "valid_s", "train_x_ours", "valid_x_ours"]
