@@ -47,9 +47,11 @@ def main() -> None:
     from recbole.quick_start import run_recbole
 
     with_ratings = args.dataset == "ml-100k"
+    data_path = os.path.abspath(args.data)
     with tempfile.TemporaryDirectory() as ckpt:
+        os.chdir(ckpt)  # RecBole writes log/ and log_tensorboard/ under the working directory
         config = {
-            "data_path": args.data,
+            "data_path": data_path,
             "dataset": args.dataset,
             "load_col": {"inter": ["user_id", "item_id"] + (["rating"] if with_ratings else [])},
             "embedding_size": 64,
