@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="key=value for all")
     args = parser.parse_args()
 
-    from recstudio.config import parse_set_option, resolve
+    from recstudio.config import parse_set_option
     from recstudio.data import load_spec
+    from recstudio.experiment import resolve_config
     from recstudio.model.registry import all_models
     from recstudio.pipeline import RunOptions, run
 
@@ -36,7 +37,9 @@ def main() -> None:
     overrides = dict(parse_set_option(s) for s in args.sets)
     rows = []
     for name in names:
-        cfg = resolve(model=name, dataset=args.dataset, overrides=overrides, dataset_defaults=spec.defaults)
+        cfg = resolve_config(
+            model=name, dataset=args.dataset, overrides=overrides, dataset_defaults=spec.defaults
+        )
         t0 = time.perf_counter()
         result = run(cfg, RunOptions(tracking=False, quiet=True))
         test = result["test"]

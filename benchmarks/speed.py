@@ -36,12 +36,12 @@ def bench_dataset(
 ) -> dict:
     import torch
 
-    from recstudio.config import resolve
     from recstudio.data import load_spec, prepare
+    from recstudio.experiment import resolve_config
     from recstudio.pipeline import RunOptions, run
 
     spec = load_spec(dataset)
-    cfg = resolve(
+    cfg = resolve_config(
         model=model,
         dataset=dataset,
         overrides={

@@ -366,38 +366,52 @@ def _resolve_bare_key(key: str, model_cls: type) -> str:
     raise ConfigError(f"unknown config key '{key}'")
 
 
-def resolve(
-    model: str | None = None,
-    dataset: str | None = None,
-    config_files: list[str | Path] | tuple = (),
-    overrides: dict[str, Any] | None = None,
-    dataset_defaults: dict[str, Any] | None = None,
-) -> ResolvedConfig:
-    """Merge all layers and validate. ``overrides`` holds dotted or bare keys from --set/flags.
-
-    The model and dataset may come from the arguments or from a config file (``model: {name:}``,
-    ``dataset:``); the arguments win. ``dataset_defaults`` is the dataset spec's ``defaults``
-    mapping, when the caller has already loaded the spec.
-    """
-    from recstudio.model.registry import get_model_class
-
+def read_config_files(config_files: list[str | Path] | tuple = ()) -> dict[str, Any]:
+    """The ``--config`` layer: YAML files merged in order (later wins), ``tune:`` sections
+    removed (study settings live beside the run config), top-level keys checked."""
     file_layer: dict[str, Any] = {}
     for path in config_files:
         file_layer = deep_merge(file_layer, load_yaml(path))
-    file_layer.pop("tune", None)  # study settings (recstudio tune) live beside the run config
+    file_layer.pop("tune", None)
     for key in file_layer:
         if key not in _TOP_LEVEL:
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{key}' in config file{hint}")
+    return file_layer
 
-    file_model = file_layer.get("model", {})
-    if isinstance(file_model, str):
-        file_model = {"name": file_model}
-    model_name = model or file_model.get("name")
-    if not model_name:
-        raise ConfigError("no model given: pass --model or set model.name in the config file")
-    model_cls = get_model_class(model_name)
+
+def model_name_in(file_layer: dict[str, Any]) -> str | None:
+    """The model name a config layer sets (``model: BPR`` or ``model: {name: BPR}``), if any."""
+    model = file_layer.get("model")
+    if isinstance(model, str):
+        return model
+    if isinstance(model, dict) and model.get("name") is not None:
+        return str(model["name"])
+    return None
+
+
+def resolve(
+    model_cls: type,
+    dataset: str | None = None,
+    config_files: list[str | Path] | tuple = (),
+    overrides: dict[str, Any] | None = None,
+    dataset_defaults: dict[str, Any] | None = None,
+    file_layer: dict[str, Any] | None = None,
+    model_layer: dict[str, Any] | None = None,
+) -> ResolvedConfig:
+    """Merge all layers for ``model_cls`` and validate. ``overrides`` holds dotted or bare keys.
+
+    This is the bottom layer: it never looks a model up by name (``recstudio.experiment.
+    resolve_config`` does, then calls this). ``model_cls`` supplies ``Config``, ``__name__`` and
+    ``default_overrides``. The dataset may come from the argument or a config file; the argument
+    wins. ``dataset_defaults`` is the dataset spec's ``defaults`` mapping; ``model_layer`` is an
+    optional layer between it and the config files that the caller derives from the model and
+    the dataset together (e.g. the spec's label rule for pointwise models). ``file_layer`` is
+    ``read_config_files(config_files)`` when the caller has already read them.
+    """
+    if file_layer is None:
+        file_layer = read_config_files(config_files)
     dataset_name = dataset or file_layer.get("dataset")
     if not dataset_name:
         raise ConfigError("no dataset given: pass --dataset or set dataset in the config file")
@@ -411,6 +425,7 @@ def resolve(
     layers = [
         unflatten(flatten(getattr(model_cls, "default_overrides", {}) or {})),
         dataset_defaults or {},
+        model_layer or {},
         {k: v for k, v in file_layer.items() if k not in ("dataset",)},
         cli_layer,
     ]

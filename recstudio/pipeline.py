@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recstudio.config import ResolvedConfig, resolve
+from recstudio.config import ResolvedConfig
 from recstudio.errors import ConfigError, TrainingError
+from recstudio.experiment import resolve_config
 
 log = logging.getLogger("recstudio")
 
@@ -555,7 +556,7 @@ def run_prepared(
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Run on an in-memory PreparedData (tests, notebooks): no cache, tracking off by default."""
-    cfg = resolve(model=model, dataset=data.name, overrides=overrides or {})
+    cfg = resolve_config(model=model, dataset=data.name, overrides=overrides or {})
     return run(cfg, RunOptions(tracking=tracking, quiet=quiet), data=data)
 
 
@@ -574,7 +575,12 @@ def run_from_options(
     spec = load_spec(dataset, data_dir=data_dir)
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
     files = [config] if isinstance(config, str) else list(config or [])
-    cfg = resolve(
-        model=model, dataset=dataset, config_files=files, overrides=dotted, dataset_defaults=spec.defaults
+    cfg = resolve_config(
+        model=model,
+        dataset=dataset,
+        config_files=files,
+        overrides=dotted,
+        dataset_defaults=spec.defaults,
+        dataset_labels=getattr(spec, "labels", None),
     )
     return run(cfg, RunOptions(data_dir=data_dir, tracking_uri=tracking_uri, quiet=quiet))

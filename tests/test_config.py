@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from recstudio.config import DataConfig, coerce, parse_set_option, resolve
+from recstudio.config import DataConfig, coerce, parse_set_option
 from recstudio.errors import ConfigError
+from recstudio.experiment import resolve_config
 
 
 def test_defaults_and_layer_order(tmp_path):
     exp = tmp_path / "exp.yaml"
     exp.write_text("train:\n  epochs: 7\n  learning_rate: 0.01\nmodel:\n  embed_dim: 16\n")
-    cfg = resolve(
+    cfg = resolve_config(
         model="bpr",
         dataset="ml-100k",
         config_files=[exp],
@@ -28,7 +29,7 @@ def test_defaults_and_layer_order(tmp_path):
 
 
 def test_model_default_overrides_apply_before_dataset_defaults():
-    cfg = resolve(model="SASRec", dataset="x", dataset_defaults={"data": {"min_rating": 3}})
+    cfg = resolve_config(model="SASRec", dataset="x", dataset_defaults={"data": {"min_rating": 3}})
     assert cfg.data.split == "loo"
     assert cfg.data.min_rating == 3
 
@@ -52,7 +53,7 @@ def test_model_default_overrides_apply_before_dataset_defaults():
 )
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
-        resolve(model="BPR", dataset="ml-100k", overrides=overrides)
+        resolve_config(model="BPR", dataset="ml-100k", overrides=overrides)
     assert message in str(info.value)
 
 
@@ -60,27 +61,27 @@ def test_unknown_model_suggests():
     from recstudio.errors import ModelError
 
     with pytest.raises(ModelError, match="unknown model 'BRP'"):
-        resolve(model="BRP", dataset="ml-100k")
+        resolve_config(model="BRP", dataset="ml-100k")
 
 
 def test_config_file_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml' line"):
-        resolve(model="BPR", dataset="d", config_files=[bad])
+        resolve_config(model="BPR", dataset="d", config_files=[bad])
     typo = tmp_path / "typo.yaml"
     typo.write_text("trian:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match="did you mean 'train'"):
-        resolve(model="BPR", dataset="d", config_files=[typo])
+        resolve_config(model="BPR", dataset="d", config_files=[typo])
     with pytest.raises(ConfigError, match="does not exist"):
-        resolve(model="BPR", dataset="d", config_files=[tmp_path / "missing.yaml"])
+        resolve_config(model="BPR", dataset="d", config_files=[tmp_path / "missing.yaml"])
 
 
 def test_round_trip_through_yaml(tmp_path):
-    cfg = resolve(model="BPR", dataset="ml-100k", overrides={"epochs": 3, "eval.cutoffs": [5, 10]})
+    cfg = resolve_config(model="BPR", dataset="ml-100k", overrides={"epochs": 3, "eval.cutoffs": [5, 10]})
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
-    again = resolve(config_files=[path])
+    again = resolve_config(config_files=[path])
     assert again.to_dict() == cfg.to_dict()
     assert cfg.flat()["train.epochs"] == 3
 
@@ -93,3 +94,15 @@ def test_set_option_parsing_and_coercion():
     assert coerce(3, float, "k") == 3.0
     with pytest.raises(ConfigError):
         coerce(True, int, "k")
+
+
+def test_config_layer_never_looks_models_up():
+    """The bottom layer resolves a given model class; name lookup lives in recstudio.experiment."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, recstudio.config as c; "
+        "assert 'recstudio.model.registry' not in sys.modules, 'config imported the registry'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recstudio.config import resolve
+from recstudio.experiment import resolve_config
 from recstudio.pipeline import RunOptions, evaluate_checkpoint, run
 from recstudio.testing import planted_data
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="ne
 
 
 def _cfg(data, **overrides):  # noqa: ANN001, ANN202
-    return resolve(model="BPR", dataset=data.name, overrides={"early_stop_patience": 0, **overrides})
+    return resolve_config(model="BPR", dataset=data.name, overrides={"early_stop_patience": 0, **overrides})
 
 
 def test_one_checkpoint_gives_the_same_metrics_on_one_and_two_processes(tmp_path: Path) -> None:

@@ -131,11 +131,11 @@ def test_bpr_fused_step_equals_generic_step(loss: str) -> None:
 
 def test_step_scheduler_decays_learning_rate_each_epoch() -> None:
     """Manual optimisation steps epoch schedulers itself: after 3 epochs lr = lr0 * gamma**3."""
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
     from recstudio.pipeline import RunOptions, run
 
     data = planted_data()
-    cfg = resolve(
+    cfg = resolve_config(
         model="BPR",
         dataset=data.name,
         overrides={
@@ -166,13 +166,13 @@ def test_gradient_clipping_bounds_the_update() -> None:
     """SGD with lr 1 and gradients clipped to norm c moves the weights at most c per step."""
     import pytorch_lightning as pl
 
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
     from recstudio.pipeline import RunOptions, run
 
     data = planted_data()
     moved: dict[float | None, float] = {}
     for clip in (None, 1e-4):
-        cfg = resolve(
+        cfg = resolve_config(
             model="BPR",
             dataset=data.name,
             overrides={
@@ -215,11 +215,11 @@ def test_direct_step_only_when_no_skipped_hook_matters(variant: str) -> None:
     trainer.global_step still counts every optimizer step; otherwise Lightning's path runs."""
     import pytorch_lightning as pl
 
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
     from recstudio.pipeline import RunOptions, run
 
     data = planted_data()
-    cfg = resolve(
+    cfg = resolve_config(
         model="BPR",
         dataset=data.name,
         overrides={
@@ -275,10 +275,10 @@ def test_step_groups_train_exactly_like_single_batches(variant: str, monkeypatch
     import pytorch_lightning as pl
 
     import recstudio.pipeline as pipeline
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
 
     data = planted_data()
-    cfg = resolve(
+    cfg = resolve_config(
         model="BPR",
         dataset=data.name,
         overrides={"epochs": 2, "early_stop_patience": 0, "batch_size": 128, "seed": 7},

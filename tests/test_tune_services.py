@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from recstudio.cli import cli
-from recstudio.config import resolve
+from recstudio.experiment import resolve_config
 from recstudio.model.registry import get_model_class
 from recstudio.testing import planted_data
 from recstudio.tune.space import normalize
@@ -37,7 +37,7 @@ pytestmark = [
 
 def test_two_workers_on_postgres_and_an_mlflow_server(workdir: Path) -> None:
     name = f"tune-{uuid.uuid4().hex[:10]}"
-    cfg = resolve(
+    cfg = resolve_config(
         model="BPR",
         dataset="planted",
         overrides={"train.epochs": 2, "train.early_stop_patience": 0, "train.learning_rate": 0.05},

@@ -216,7 +216,7 @@ def test_load_search_space_files(tmp_path) -> None:
 
 
 def test_baseline_params_take_the_config_values_inside_the_space() -> None:
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
     from recstudio.tune.space import baseline_params
 
     space = normalize(
@@ -228,7 +228,7 @@ def test_baseline_params_take_the_config_values_inside_the_space() -> None:
         },
         get_model_class("BPR"),
     )
-    base = resolve(model="BPR", dataset="planted", overrides={"train.learning_rate": 5e-3}).to_dict()
+    base = resolve_config(model="BPR", dataset="planted", overrides={"train.learning_rate": 5e-3}).to_dict()
     params = baseline_params(space, base)
     # BPR defaults embed_dim 64 and reg_weight 5e-3; --set learning rate; weight_decay 0 is outside
     assert params == {"model.embed_dim": 64, "model.reg_weight": 5e-3, "train.learning_rate": 5e-3}
@@ -237,11 +237,11 @@ def test_baseline_params_take_the_config_values_inside_the_space() -> None:
 @pytest.mark.parametrize("model", ["NCF", "FM", "MultiVAE"])
 def test_builtin_spaces_contain_the_default_weight_decay(model: str) -> None:
     """--baseline reproduces the untuned config only if every default lies inside the space."""
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
     from recstudio.tune.space import baseline_params
 
     cls = get_model_class(model)
     space = normalize(cls.search_space, cls)
-    base = resolve(model=model, dataset="planted", overrides={}).to_dict()
+    base = resolve_config(model=model, dataset="planted", overrides={}).to_dict()
     params = baseline_params(space, base)
     assert params["train.weight_decay"] == base["train"]["weight_decay"] == 0.0

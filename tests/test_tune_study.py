@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from recstudio.config import resolve
+from recstudio.experiment import resolve_config
 from recstudio.model.general.bpr import BPR
 from recstudio.model.registry import get_model_class
 from recstudio.testing import planted_data
@@ -42,7 +42,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def settings_for(
     tmp: Path, name: str, trials: int, dims: tuple[int, ...] = (16, 8), **kwargs
 ) -> TuneSettings:
-    cfg = resolve(
+    cfg = resolve_config(
         model="BPR",
         dataset="planted",
         overrides={"train.epochs": 2, "train.early_stop_patience": 0, "train.learning_rate": 0.05},

@@ -98,20 +98,22 @@ def parse_devices(devices: str) -> int | str:
 
 def resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags):
     """Resolve the config exactly as ``recstudio run`` does (also used by ``tune``)."""
-    from recstudio.config import load_yaml, resolve
+    from recstudio.config import load_yaml
     from recstudio.data import load_spec
+    from recstudio.experiment import resolve_config
 
     file_dataset = None
     for path in config_files:
         file_dataset = load_yaml(path).get("dataset", file_dataset)
     dataset_name = dataset or file_dataset
-    spec_defaults = load_spec(dataset_name, data_dir=data_dir).defaults if dataset_name else None
-    return resolve(
+    spec = load_spec(dataset_name, data_dir=data_dir) if dataset_name else None
+    return resolve_config(
         model=model,
         dataset=dataset_name,
         config_files=list(config_files),
         overrides=build_overrides(set_items, config_flags),
-        dataset_defaults=spec_defaults,
+        dataset_defaults=spec.defaults if spec is not None else None,
+        dataset_labels=getattr(spec, "labels", None),
     )
 
 

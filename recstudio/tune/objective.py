@@ -54,7 +54,7 @@ def trial_config(settings: TuneSettings, overrides: dict[str, Any]) -> ResolvedC
     ``--set``/flags; re-resolving it with the sampled values validates the combination and
     keeps one code path for every config a trial can run.
     """
-    from recstudio.config import resolve
+    from recstudio.experiment import resolve_config
 
     base = settings.base_config
     layer: dict[str, Any] = {}
@@ -64,7 +64,7 @@ def trial_config(settings: TuneSettings, overrides: dict[str, Any]) -> ResolvedC
                 continue
             layer[f"{section}.{name}"] = value
     layer.update(overrides)
-    return resolve(model=settings.model, dataset=settings.dataset, overrides=layer)
+    return resolve_config(model=settings.model, dataset=settings.dataset, overrides=layer)
 
 
 class ChildRuns:

@@ -1,0 +1,55 @@
+"""Name a model, get its resolved config: the registry lookup joined with config resolution.
+
+``recstudio.config`` is the bottom layer and never looks models up; this module sits above the
+registry and the config, so every entry point (CLI, Python API, tune trials, benchmarks, tests)
+resolves a config the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recstudio.config import ResolvedConfig, model_name_in, read_config_files, resolve
+from recstudio.errors import ConfigError
+
+
+def resolve_config(
+    model: str | None = None,
+    dataset: str | None = None,
+    config_files: list[str | Path] | tuple = (),
+    overrides: dict[str, Any] | None = None,
+    dataset_defaults: dict[str, Any] | None = None,
+    dataset_labels: str | None = None,
+) -> ResolvedConfig:
+    """Resolve the config of ``model`` (a registered name, or the one the config files name).
+
+    ``dataset_defaults`` is the dataset spec's ``defaults``; ``dataset_labels`` its label rule,
+    which becomes the ``data.label`` default of models that train on labelled rows.
+    """
+    from recstudio.model.registry import get_model_class
+
+    file_layer = read_config_files(config_files)
+    name = model or model_name_in(file_layer)
+    if not name:
+        raise ConfigError("no model given: pass --model or set model.name in the config file")
+    model_cls = get_model_class(name)
+    return resolve(
+        model_cls,
+        dataset,
+        overrides=overrides,
+        dataset_defaults=dataset_defaults,
+        file_layer=file_layer,
+        model_layer=model_data_layer(model_cls, dataset_labels),
+    )
+
+
+def model_data_layer(model_cls: type, dataset_labels: str | None) -> dict[str, Any]:
+    """Config values that depend on the model and the dataset together (see ``resolve``)."""
+    contract = getattr(model_cls, "data_contract", None)
+    labelled = bool(getattr(contract, "labelled", False)) if contract is not None else False
+    if labelled and dataset_labels:
+        # pointwise models train on every labelled row: the dataset's rating filter for top-k
+        # models does not apply, its label rule does
+        return {"data": {"label": dataset_labels, "min_rating": None}}
+    return {}
