@@ -44,6 +44,15 @@ from recstudio import native
 TOPK_METRICS: tuple[str, ...] = ("recall", "precision", "map", "ndcg", "mrr", "hit")
 """Metrics computed at each cutoff (reported as ``name@k``)."""
 ALL_METRICS: tuple[str, ...] = (*TOPK_METRICS, "auc")
+POINTWISE_METRICS: tuple[str, ...] = ("auc", "gauc", "logloss")
+"""Metrics of labelled rows (``recstudio.eval.pointwise``); "auc" there is over the rows."""
+LOWER_IS_BETTER: frozenset[str] = frozenset({"logloss"})
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` (``ndcg@10``, ``auc``, ``logloss``) is better:
+    early stopping, checkpointing and tuning read the direction from here."""
+    return name.partition("@")[0] not in LOWER_IS_BETTER
 
 
 def _check_names(metrics: list[str] | tuple[str, ...]) -> None:
