@@ -58,6 +58,11 @@ class DataConfig:
     split_order: SplitOrder = "random"
     """random (seeded shuffle) or time (chronological; ties keep file order). loo is always time."""
     split_seed: int = 2020
+    label: str | None = None
+    """Label rule for pointwise (CTR) data, ``"<column> <op> <number>"`` (op: >=, >, <=, <, ==, !=)
+    on a role (``rating``, ``timestamp``) or any column of the interactions file, e.g.
+    ``"rating >= 4"``. When set, every row is kept with a 0/1 label (``binarize`` does not apply:
+    ratings keep their raw values); ``min_rating`` and ``drop_duplicates`` still apply."""
 
 
 @dataclass

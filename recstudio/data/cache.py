@@ -103,6 +103,8 @@ class DigestMemo:
 def data_options(cfg: DataConfig) -> dict[str, Any]:
     """DataConfig as a JSON-able dict with numbers normalized (3 and 3.0 give the same key)."""
     options = dataclasses.asdict(cfg)
+    if options.get("label") is None:  # unlabelled data keeps the keys it had before labels existed
+        options.pop("label", None)
     if options["min_rating"] is not None:
         options["min_rating"] = float(options["min_rating"])
     options["split_ratio"] = [float(r) for r in options["split_ratio"]]
