@@ -105,7 +105,7 @@ def test_ml1m_builtin_spec_on_real_side_files(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("RECSTUDIO_DATA_DIR", str(root))
     spec = load_spec("ml-1m")
     files = {k: v for k, v in spec.download.files.items() if k != "ratings.dat"}  # keep real checksums
-    spec = dataclasses.replace(spec, download=DownloadSpec(url=None, files=files))
+    spec = dataclasses.replace(spec, downloads=(DownloadSpec(url=None, files=files),))
     rng = np.random.default_rng(0)
     lines = [
         f"{u}::{m}::{rng.integers(1, 6)}::{978300000 + k}"

@@ -6,7 +6,15 @@ file, and every DataConfig field. Entry: ``<root>/<name>-<key[:16]>/`` holding
 id of each internal id, row 0 = padding), ``user_features/item_features.parquet`` when the spec
 has features, and ``manifest.json``, written last, which lists every file with its size.
 
-An entry is built in a temporary folder inside the root and renamed into place, under a file
+Labelled data adds a ``label`` column to the split files, interaction context fields one
+``ctx.<field>`` column each (their cardinalities are in the manifest).
+
+Relation parts (knowledge graph, social graph) are sub-entries built on demand:
+``<entry>/parts/<part>-<partkey[:16]>/`` with their own parquet files and manifest, keyed by
+sha256 over the part format version, the entry's key, the part's canonical spec and its raw
+files' sha256. A BPR run never reads (or needs) the files of a part.
+
+An entry (or part) is built in a temporary folder beside it and renamed into place, under a file
 lock on ``<entry>.lock``; a process that waited on the lock finds the finished entry and loads
 it. An entry whose manifest is missing or unreadable, or whose files are missing, have the wrong
 size or cannot be read, is removed (with a warning) and rebuilt.
@@ -37,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recstudio.config import DataConfig
-from recstudio.data.dataset import FeatureTable, Interactions, PreparedData
+from recstudio.data.dataset import FeatureTable, Interactions, KnowledgeGraph, PreparedData, SocialGraph
 from recstudio.data.download import file_digest
 from recstudio.data.spec import DatasetSpec
 from recstudio.errors import DataError
@@ -45,6 +53,7 @@ from recstudio.errors import DataError
 log = logging.getLogger("recstudio.data")
 
 FORMAT_VERSION = 1
+PART_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DIGESTS = "digests.json"
 SPLITS = ("train", "valid", "test")
@@ -175,30 +184,38 @@ def write_entry(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         for split, inter in splits.items():
-            table = pa.table(
-                {
-                    "user": inter.user.numpy(),
-                    "item": inter.item.numpy(),
-                    "rating": inter.rating.numpy(),
-                    "time": inter.time.numpy(),
-                }
-            )
+            columns = {
+                "user": inter.user.numpy(),
+                "item": inter.item.numpy(),
+                "rating": inter.rating.numpy(),
+                "time": inter.time.numpy(),
+            }
+            if inter.label is not None:
+                columns["label"] = inter.label.numpy()
+            for field, codes in inter.context.items():
+                columns[f"ctx.{field}"] = codes.numpy()
             # uncompressed (dictionary + RLE encoding only): ~2x faster to load than snappy
-            pq.write_table(table, tmp / f"{split}.parquet", compression="none")
+            pq.write_table(pa.table(columns), tmp / f"{split}.parquet", compression="none")
         for side, vocab in (("user", user_vocab), ("item", item_vocab)):
             raw = pa.concat_arrays([pa.nulls(1, type=vocab.type), vocab])
             pq.write_table(pa.table({"raw": raw}), tmp / f"{side}_vocab.parquet")
         for side, table in features.items():
             if not table.is_empty():
                 pq.write_table(_feature_table(table), tmp / f"{side}_features.parquet")
-        files = sorted(p.name for p in tmp.iterdir())
-        manifest = {**manifest, "files": {f: (tmp / f).stat().st_size for f in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
-        os.rename(tmp, entry)
+        manifest = _finish(tmp, entry, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("%s: wrote cache entry %s", name, entry)
+    return manifest
+
+
+def _finish(tmp: Path, target: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """List the files of ``tmp`` in the manifest, write it last, rename ``tmp`` to ``target``."""
+    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    manifest = {**manifest, "files": {f: (tmp / f).stat().st_size for f in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
+    os.rename(tmp, target)
     return manifest
 
 
@@ -215,8 +232,8 @@ def _feature_table(table: FeatureTable) -> pa.Table:
 # --------------------------------------------------------------------------- reading
 
 
-def check_entry(entry: Path) -> dict[str, Any]:
-    """Return the manifest of a complete entry; raise CorruptEntry saying what is wrong."""
+def check_entry(entry: Path, version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """Return the manifest of a complete entry (or part); raise CorruptEntry saying what is wrong."""
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
     except FileNotFoundError:
@@ -225,8 +242,8 @@ def check_entry(entry: Path) -> dict[str, Any]:
         raise CorruptEntry(f"manifest.json is unreadable: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CorruptEntry("manifest.json lists no files")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptEntry(f"format version {manifest.get('format_version')} != {FORMAT_VERSION}")
+    if manifest.get("format_version") != version:
+        raise CorruptEntry(f"format version {manifest.get('format_version')} != {version}")
     for name, size in manifest["files"].items():
         path = entry / name
         if not path.is_file():
@@ -245,7 +262,17 @@ def load_entry(entry: Path) -> PreparedData:
         splits = {}
         for split in SPLITS:
             table = pq.read_table(entry / f"{split}.parquet")
-            splits[split] = Interactions(*(_tensor(table[col]) for col in ("user", "item", "rating", "time")))
+            splits[split] = Interactions(
+                *(_tensor(table[col]) for col in ("user", "item", "rating", "time")),
+                label=_tensor(table["label"]) if "label" in table.column_names else None,
+                context={
+                    col.partition(".")[2]: _tensor(table[col])
+                    for col in table.column_names
+                    if col.startswith("ctx.")
+                },
+            )
+        context_info = (manifest.get("context") or {}).get("fields", {})
+        context_cardinality = {f: int(d["cardinality"]) for f, d in context_info.items()}
         vocabs = {
             side: pq.read_table(entry / f"{side}_vocab.parquet")["raw"].to_pylist()
             for side in ("user", "item")
@@ -269,6 +296,7 @@ def load_entry(entry: Path) -> PreparedData:
         user_features=features["user"],
         item_features=features["item"],
         manifest=manifest,
+        context_cardinality=context_cardinality,
     )
 
 
@@ -311,6 +339,108 @@ def try_load(entry: Path, repair: bool = False) -> PreparedData | None:
         return None
 
 
+# --------------------------------------------------------------------------- relation parts
+
+
+def part_key(entry_key: str, spec: DatasetSpec, part: str, digests: dict[str, str]) -> str:
+    """sha256 over the part format version, the entry's key, the part's canonical spec and the
+    sha256 of the part's raw files."""
+    payload = {
+        "format_version": PART_FORMAT_VERSION,
+        "entry": entry_key,
+        "spec": spec.part_canonical(part),
+        "raw_sha256": dict(sorted(digests.items())),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def part_dir(entry: Path, part: str, key: str) -> Path:
+    return entry / "parts" / f"{part}-{key[:16]}"
+
+
+def write_part(
+    target: Path, name: str, graph: KnowledgeGraph | SocialGraph, manifest: dict[str, Any]
+) -> dict:
+    """Write a relation part atomically (temp folder beside it + rename); return its manifest."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)
+        if isinstance(graph, KnowledgeGraph):
+            triples = {
+                "head": graph.head.numpy(),
+                "relation": graph.relation.numpy(),
+                "tail": graph.tail.numpy(),
+            }
+            pq.write_table(pa.table(triples), tmp / "triples.parquet", compression="none")
+            pq.write_table(pa.table({"entity": graph.item_entity.numpy()}), tmp / "item_entity.parquet")
+            for kind, vocab in (("entity", graph.entity_vocab), ("relation", graph.relation_vocab)):
+                pq.write_table(pa.table({"raw": pa.array(vocab)}), tmp / f"{kind}_vocab.parquet")
+            manifest = {**manifest, "num_entities": graph.num_entities, "num_relations": graph.num_relations}
+        else:
+            edges = {
+                "source": graph.source.numpy(),
+                "target": graph.target.numpy(),
+                "weight": graph.weight.numpy(),
+            }
+            pq.write_table(pa.table(edges), tmp / "edges.parquet", compression="none")
+            manifest = {**manifest, "directed": graph.directed}
+        manifest = _finish(tmp, target, {"format_version": PART_FORMAT_VERSION, **manifest})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: wrote cache part %s", name, target)
+    return manifest
+
+
+def load_part(target: Path) -> tuple[KnowledgeGraph | SocialGraph, dict[str, Any]]:
+    """Load a complete part (raises CorruptEntry): parquet and JSON only."""
+    manifest = check_entry(target, PART_FORMAT_VERSION)
+    try:
+        if manifest.get("part") == "kg":
+            triples = pq.read_table(target / "triples.parquet")
+            graph: KnowledgeGraph | SocialGraph = KnowledgeGraph(
+                head=_tensor(triples["head"]),
+                relation=_tensor(triples["relation"]),
+                tail=_tensor(triples["tail"]),
+                num_entities=int(manifest["num_entities"]),
+                num_relations=int(manifest["num_relations"]),
+                item_entity=_tensor(pq.read_table(target / "item_entity.parquet")["entity"]),
+                entity_vocab=pq.read_table(target / "entity_vocab.parquet")["raw"].to_pylist(),
+                relation_vocab=pq.read_table(target / "relation_vocab.parquet")["raw"].to_pylist(),
+            )
+            if len(graph.entity_vocab) != graph.num_entities:
+                raise CorruptEntry("entity_vocab.parquet does not match num_entities")
+        elif manifest.get("part") == "social":
+            edges = pq.read_table(target / "edges.parquet")
+            graph = SocialGraph(
+                source=_tensor(edges["source"]),
+                target=_tensor(edges["target"]),
+                weight=_tensor(edges["weight"]),
+                directed=bool(manifest["directed"]),
+            )
+        else:
+            raise CorruptEntry(f"unknown part {manifest.get('part')!r}")
+    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
+        raise CorruptEntry(f"unreadable parquet: {exc}") from None
+    return graph, manifest
+
+
+def try_load_part(
+    target: Path, repair: bool = False
+) -> tuple[KnowledgeGraph | SocialGraph, dict[str, Any]] | None:
+    """Like ``try_load`` for a part: None when absent (or corrupt; removed with ``repair``)."""
+    if not target.exists():
+        return None
+    try:
+        return load_part(target)
+    except CorruptEntry as exc:
+        if repair:
+            log.warning("cache part %s is corrupt (%s); removing it and rebuilding", target, exc)
+            shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
 # --------------------------------------------------------------------------- list / clear
 
 
@@ -320,7 +450,7 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
     if not root.is_dir():
         return rows
     for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
         try:
             manifest = check_entry(entry)
             complete, problem = True, None

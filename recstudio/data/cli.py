@@ -104,6 +104,13 @@ def list_command(cache_dir: str | None, as_json: bool) -> None:
 @_CACHE_OPTION
 @_SET_OPTION
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing raw files.")
+@click.option(
+    "--parts",
+    default=None,
+    metavar="PART[,PART]",
+    help="Relation parts that must be prepared (kg, social); missing files then fail the command. "
+    "Default: every part the spec declares, those whose files are missing shown as not available.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @_JSON_OPTION
 def prepare_command(
@@ -112,15 +119,25 @@ def prepare_command(
     cache_dir: str | None,
     set_items: tuple[str, ...],
     no_download: bool,
+    parts: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Preprocess DATASET (a built-in name or a spec YAML) into the cache; a hit only loads it."""
+    """Preprocess DATASET (a built-in name or a spec YAML) into the cache; a hit only loads it.
+
+    The relation parts the spec declares (knowledge graph, social graph) and the labelled variant
+    of its recommended label rule are prepared too."""
     from recstudio.data import info
 
     _logging(quiet)
+    wanted = tuple(p.strip() for p in parts.split(",") if p.strip()) if parts is not None else None
     result = info(
-        dataset, _data_overrides(set_items), data_dir=data_dir, cache_dir=cache_dir, download=not no_download
+        dataset,
+        _data_overrides(set_items),
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        download=not no_download,
+        parts=wanted,
     )
     _print_info(result, as_json)
 
@@ -140,7 +157,8 @@ def info_command(
     no_download: bool,
     as_json: bool,
 ) -> None:
-    """Counts, split sizes and features of DATASET under the given data options."""
+    """Counts, split sizes, features, relation parts and labels of DATASET under the given data
+    options (prepares what is not cached; a part whose files are missing shows as not available)."""
     from recstudio.data import info
 
     _logging(quiet=True)
@@ -169,6 +187,34 @@ def _print_info(result: dict[str, Any], as_json: bool) -> None:
     for side, fields in result["features"].items():
         desc = ", ".join(f"{f} ({d.get('cardinality', d.get('width'))})" for f, d in fields.items())
         click.echo(f"  {side} features: {desc}")
+    if result.get("context"):
+        desc = ", ".join(f"{f} ({d.get('cardinality')})" for f, d in result["context"].items())
+        click.echo(f"  interaction context: {desc}")
+    for part, d in (result.get("parts") or {}).items():
+        if not d.get("available"):
+            click.echo(f"  {part}: not available: {d.get('why')}")
+        elif part == "kg":
+            c = d.get("counts", {})
+            click.echo(
+                f"  kg: {d['triples']} triples, {d['entities']} entities, {d['relations']} relations; "
+                f"{d['linked_items']} items linked ({c.get('links_unknown_items', 0)} links to items "
+                "not in the data dropped)"
+            )
+        elif part == "social":
+            c = d.get("counts", {})
+            kind = "directed" if d["directed"] else "undirected"
+            click.echo(
+                f"  social: {d['links']} {kind} links ({d['edges']} edges) among {d['users']} users; "
+                f"dropped {c.get('unknown_users', 0)} naming users not in the data, "
+                f"{c.get('self_loops', 0)} self-loops"
+            )
+    labels = result.get("labels")
+    if labels:
+        share = ", ".join(
+            f"{k} {v:.1%}" if v is not None else f"{k} -" for k, v in labels["positive_share"].items()
+        )
+        origin = "data.label" if labels["source"] == "data.label" else "the spec's rule"
+        click.echo(f"  labels: {labels['rule']} ({origin}); positive share: {share}")
 
 
 @datasets.command("clear")

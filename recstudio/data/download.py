@@ -2,9 +2,11 @@
 
 Lookup order for each file (first hit wins): ``--data-dir DIR`` and ``DIR/<folder>``,
 ``$RECSTUDIO_DATA_DIR/<folder>`` and ``$RECSTUDIO_DATA_DIR``, ``./datasets/<folder>``, and for a
-spec file given by path, the spec's own folder. Missing files are fetched from the spec's
-``download.url`` archive into ``DIR/<folder>`` (or ``./datasets/<folder>``); only the needed
-members are extracted. Checksums are ``sha256:<hex>`` or ``git-blob:<sha1 hex>`` (what
+spec file given by path, the spec's own folder. ``<folder>`` is the spec's folder, or the folder
+a relation part names for its files. Missing files are fetched into ``DIR/<folder>`` (or
+``./datasets/<folder>``) from the download source that lists them (a spec may give several):
+from an archive only the needed members are extracted; a url that is not an archive is saved as
+the one file its source lists. Checksums are ``sha256:<hex>`` or ``git-blob:<sha1 hex>`` (what
 ``git hash-object`` prints), checked for downloaded and for local files alike.
 """
 
@@ -23,7 +25,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from recstudio.data.spec import DatasetSpec
+from recstudio.data.spec import DatasetSpec, DownloadSpec, RawFile
 from recstudio.errors import DataError
 
 log = logging.getLogger("recstudio.data")
@@ -32,6 +34,11 @@ Digest = Callable[[Path, str], str]
 """digest(path, kind) -> hex digest, kind in {'sha256', 'git-blob'} (memoized by the cache)."""
 
 _CHUNK = 1 << 20
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+class MissingFiles(DataError):
+    """Raw files are missing and could not be downloaded (the message says what to put where)."""
 
 
 def file_digest(path: Path, kind: str = "sha256") -> str:
@@ -68,10 +75,10 @@ def verify_checksum(path: Path, expected: str | None, digest: Digest = file_dige
         )
 
 
-def download_target(spec: DatasetSpec, data_dir: str | Path | None) -> Path:
+def download_target(spec: DatasetSpec, data_dir: str | Path | None, folder: str | None = None) -> Path:
     """Where downloads go: ``DIR/<folder>`` with ``--data-dir DIR``, else ``./datasets/<folder>``."""
     root = Path(data_dir) if data_dir is not None else Path.cwd() / "datasets"
-    return (root / spec.folder).absolute()
+    return (root / (folder or spec.folder)).absolute()
 
 
 def locate_files(
@@ -79,73 +86,129 @@ def locate_files(
     data_dir: str | Path | None = None,
     download: bool = True,
     digest: Digest = file_digest,
+    parts: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Path]:
-    """Map each raw file the spec reads to its path, downloading missing ones; verify checksums."""
-    dirs = spec.search_dirs(data_dir)
-    found = _find(spec.raw_files(), dirs)
-    missing = [name for name, path in found.items() if path is None]
+    """Map each raw file read for the interactions and ``parts`` to its path (keyed by
+    ``RawFile.name``), downloading missing ones; verify checksums. Missing files that cannot be
+    fetched raise ``MissingFiles``."""
+    refs = spec.raw_file_refs(parts)
+    found = {ref.name: _find(ref, spec.search_dirs(data_dir, ref.folder)) for ref in refs}
+    missing = [ref for ref in refs if found[ref.name] is None]
     if missing:
-        target = download_target(spec, data_dir)
-        url = spec.download.url if spec.download is not None else None
-        if not download or not url:
-            why = "downloading is turned off" if url else "the dataset spec has no download url"
-            raise DataError(_missing_message(spec, missing, dirs, target, why))
-        try:
-            fetch_archive(url, target, missing)
-        except DataError as exc:
-            raise DataError(_missing_message(spec, missing, dirs, target, str(exc))) from None
-        found.update(_find(missing, [target]))
-        still = [name for name in missing if found[name] is None]
-        if still:
-            raise DataError(
-                _missing_message(spec, still, dirs, target, f"the archive {url} does not contain them")
-            )
-        for name in missing:
-            path = found[name]
-            assert path is not None
-            actual = checksum_mismatch(path, spec.checksum(name), digest)
-            if actual is not None:
-                path.unlink(missing_ok=True)  # a bad download must not be found next time
-                raise DataError(
-                    f"checksum mismatch for '{name}' downloaded from {url}: expected {spec.checksum(name)}, "
-                    f"got {actual} (the file was removed: the archive is not the one the spec describes)"
-                )
+        plan = _plan(spec, missing)
+        unfetchable = [ref for ref in missing if ref.name not in {r.name for g in plan.values() for r in g}]
+        if unfetchable or not download:
+            why = "downloading is turned off" if not unfetchable else "the dataset spec has no download url"
+            raise MissingFiles(_missing_message(spec, unfetchable or missing, data_dir, why))
+        for (index, folder), group in plan.items():
+            source = spec.downloads[index]
+            assert source.url is not None
+            target = download_target(spec, data_dir, folder)
+            single = _single_file(source)
+            single = single if single in {Path(r.file).name for r in group} else None
+            try:
+                fetch_archive(source.url, target, [r.file for r in group], single_file=single)
+            except DataError as exc:
+                raise MissingFiles(_missing_message(spec, group, data_dir, str(exc))) from None
+            for ref in group:
+                found[ref.name] = _find(ref, [target])
+            still = [ref for ref in group if found[ref.name] is None]
+            if still:
+                why = f"the archive {source.url} does not contain them"
+                raise MissingFiles(_missing_message(spec, still, data_dir, why))
+            for ref in group:
+                path = found[ref.name]
+                assert path is not None
+                expected = spec.checksum(ref.name)
+                actual = checksum_mismatch(path, expected, digest)
+                if actual is not None:
+                    path.unlink(missing_ok=True)  # a bad download must not be found next time
+                    raise DataError(
+                        f"checksum mismatch for '{ref.file}' downloaded from {source.url}: expected "
+                        f"{expected}, got {actual} (the file was removed: the download is not the one "
+                        "the spec describes)"
+                    )
     paths = {name: path for name, path in found.items() if path is not None}
     for name, path in paths.items():
         verify_checksum(path, spec.checksum(name), digest)
     return paths
 
 
-def _find(names: list[str], dirs: list[Path]) -> dict[str, Path | None]:
-    out: dict[str, Path | None] = {}
-    for name in names:
-        if Path(name).is_absolute():
-            out[name] = Path(name) if Path(name).is_file() else None
-            continue
-        out[name] = next((d / name for d in dirs if (d / name).is_file()), None)
-    return out
+def _plan(spec: DatasetSpec, missing: list[RawFile]) -> dict[tuple[int, str], list[RawFile]]:
+    """Group missing files by (download source index, folder). A file goes to the first source
+    that lists it, else to the first source whose url names an archive (else the first with a
+    url): an archive may hold files its ``files`` does not list."""
+    plan: dict[tuple[int, str], list[RawFile]] = {}
+    with_url = [i for i, src in enumerate(spec.downloads) if src.url]
+    for ref in missing:
+        listed = [i for i in with_url if spec.downloads[i].lists(ref.name)]
+        fallback = [i for i in with_url if _is_archive_url(spec.downloads[i].url or "")] or with_url
+        index = listed[0] if listed else (fallback[0] if fallback else None)
+        if index is not None:
+            plan.setdefault((index, ref.folder), []).append(ref)
+    return plan
 
 
-def _missing_message(spec: DatasetSpec, missing: list[str], dirs: list[Path], target: Path, why: str) -> str:
-    files = ", ".join(missing)
+def _single_file(source: DownloadSpec) -> str | None:
+    """The file a source's url may be saved as when it is not an archive (its one listed file)."""
+    return Path(next(iter(source.files))).name if len(source.files) == 1 else None
+
+
+def _is_archive_url(url: str) -> bool:
+    return url.split("?", 1)[0].lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def _find(ref: RawFile, dirs: list[Path]) -> Path | None:
+    if Path(ref.file).is_absolute():
+        return Path(ref.file) if Path(ref.file).is_file() else None
+    return next((d / ref.file for d in dirs if (d / ref.file).is_file()), None)
+
+
+def _missing_message(spec: DatasetSpec, missing: list[RawFile], data_dir: str | Path | None, why: str) -> str:
+    files = ", ".join(ref.file for ref in missing)
     env = os.environ.get("RECSTUDIO_DATA_DIR")
-    env_hint = f"{Path(env) / spec.folder}" if env else f"$RECSTUDIO_DATA_DIR/{spec.folder}"
-    url = spec.download.url if spec.download is not None else None
-    fetch = f"Download {url}, extract it, and put" if url else "Put"
+    where: list[str] = []
+    looked: list[Path] = []
+    by_folder: dict[str, list[RawFile]] = {}
+    for ref in missing:
+        by_folder.setdefault(ref.folder, []).append(ref)
+    plan = _plan(spec, missing)
+    for folder, refs in by_folder.items():
+        names = ", ".join(ref.file for ref in refs)
+        urls = list(
+            dict.fromkeys(
+                spec.downloads[i].url for (i, f), group in plan.items() if f == folder for _ in group
+            )
+        )
+        if urls:
+            extract = ", extract it," if any(_is_archive_url(u or "") for u in urls) else ""
+            fetch = f"Download {' and '.join(str(u) for u in urls)}{extract} and put"
+        else:
+            fetch = "Put"
+        env_hint = f"{Path(env) / folder}" if env else f"$RECSTUDIO_DATA_DIR/{folder}"
+        target = download_target(spec, data_dir, folder)
+        where.append(
+            f"{fetch} {names} in {target} (or in {env_hint}, or in DIR/{folder} with --data-dir DIR)."
+        )
+        looked += spec.search_dirs(data_dir, folder)
+    looked = list(dict.fromkeys(looked))
     return (
-        f"dataset '{spec.name}' is missing {files} ({why}). {fetch} {files} in {target} "
-        f"(or in {env_hint}, or in DIR/{spec.folder} with --data-dir DIR). "
-        f"Looked in: {', '.join(str(d) for d in dirs)}"
+        f"dataset '{spec.name}' is missing {files} ({why}). {' '.join(where)} "
+        f"Looked in: {', '.join(str(d) for d in looked)}"
     )
 
 
 # --------------------------------------------------------------------------- fetching
 
 
-def fetch_archive(url: str, target: Path, members: list[str], timeout: float = 30.0) -> list[Path]:
+def fetch_archive(
+    url: str, target: Path, members: list[str], timeout: float = 30.0, single_file: str | None = None
+) -> list[Path]:
     """Download ``url`` (zip or tar archive) and extract ``members`` (matched by file name) to ``target``.
 
-    Network failures become a DataError; the caller adds what to put where. Progress is logged.
+    A download that is not an archive is saved as ``single_file`` when given (a source listing
+    exactly one file, e.g. a raw GitHub file). Network failures become a DataError; the caller
+    adds what to put where. Progress is logged.
     """
     created = not target.exists()
     try:
@@ -157,7 +220,7 @@ def fetch_archive(url: str, target: Path, members: list[str], timeout: float = 3
     archive = Path(tmp_name)
     try:
         _download(url, archive, timeout)
-        return _extract(archive, url, target, members)
+        return _extract(archive, url, target, members, single_file)
     finally:
         archive.unlink(missing_ok=True)
         if created and not any(target.iterdir()):  # leave no empty folder behind a failed download
@@ -185,7 +248,9 @@ def _download(url: str, dest: Path, timeout: float) -> None:
     log.info("downloaded %s (%.1f MB in %.1f s)", url, dest.stat().st_size / 1e6, time.monotonic() - start)
 
 
-def _extract(archive: Path, url: str, target: Path, members: list[str]) -> list[Path]:
+def _extract(
+    archive: Path, url: str, target: Path, members: list[str], single_file: str | None = None
+) -> list[Path]:
     wanted = {Path(m).name: m for m in members}
     written: list[Path] = []
     if zipfile.is_zipfile(archive):
@@ -204,8 +269,14 @@ def _extract(archive: Path, url: str, target: Path, members: list[str]) -> list[
                     src = tf.extractfile(member)
                     if src is not None:
                         written.append(_write_atomic(src, target / wanted.pop(base)))
+    elif single_file is not None:
+        with open(archive, "rb") as src:
+            written.append(_write_atomic(src, target / wanted.pop(single_file, single_file)))
     else:
-        raise DataError(f"the download from {url} is not a zip or tar archive")
+        raise DataError(
+            f"the download from {url} is not a zip or tar archive (a download source whose url is a "
+            "single file must list exactly that one file under 'files')"
+        )
     for path in written:
         log.info("extracted %s", path)
     return written

@@ -3,7 +3,9 @@
 Order of operations (each step sees the previous step's output):
 
 1. ``min_rating``: drop rows whose rating is below it.
-2. ``binarize``: every kept rating becomes 1.0 (also when there is no rating column).
+2. ``binarize``: every kept rating becomes 1.0 (also when there is no rating column). With a
+   label rule (``data.label``) rows are labelled 0/1 instead (``label_rows``, on the raw values,
+   before any filter): every row is kept and ratings keep their raw values.
 3. ``drop_duplicates``: one row per (user, item) -- the latest by time, ties and missing times
    resolved by file order (the last row in the file wins). With ready-made splits this is done
    within each split.
@@ -32,7 +34,7 @@ import torch
 from recstudio.config import DataConfig
 from recstudio.data.dataset import FeatureTable, Interactions
 from recstudio.data.readers import RawInteractions
-from recstudio.data.spec import FeatureSpec
+from recstudio.data.spec import FeatureSpec, FieldSpec, LabelRule, parse_label_rule
 from recstudio.errors import ConfigError, DataError
 
 log = logging.getLogger("recstudio.data")
@@ -66,6 +68,61 @@ def check_config(cfg: DataConfig) -> None:
         )
     if cfg.split_order not in ("random", "time"):
         raise ConfigError(f"config key 'data.split_order' must be random or time; got {cfg.split_order!r}")
+    label_rule(cfg)
+
+
+def label_rule(cfg: DataConfig) -> LabelRule | None:
+    """The parsed ``data.label`` rule (None when unset); a malformed rule is a ConfigError."""
+    if getattr(cfg, "label", None) is None:
+        return None
+    try:
+        return parse_label_rule(cfg.label)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'data.label' {exc}") from None
+
+
+# --------------------------------------------------------------------------- labels and context
+
+
+def extra_columns(
+    rule: LabelRule | None, roles: dict[str, str], fields: tuple[FieldSpec, ...], rule_text: str | None = None
+) -> dict[str, tuple[str, str]]:
+    """Columns to read besides the roles: {column: (kind, who needs it)} for the label rule
+    (unless it names the rating/timestamp role) and the interaction context fields."""
+    extra: dict[str, tuple[str, str]] = {}
+    if rule is not None and not (rule.column in ("rating", "timestamp") and rule.column in roles):
+        extra[rule.column] = ("float", f"the label rule data.label={rule_text or str(rule)!r}")
+    for f in fields:
+        kind = "float" if f.type == "bucket" and f.extract is None else "str"
+        for col in f.source_columns():
+            extra.setdefault(col, (kind, f"interactions.fields.{f.name}"))
+    return extra
+
+
+def label_rows(raw: RawInteractions, rule: LabelRule, roles: dict[str, str]) -> np.ndarray:
+    """0/1 float32 per raw row: the rule on the rating/timestamp role or on the named column."""
+    if rule.column == "rating" and "rating" in roles:
+        values = raw.rating
+    elif rule.column == "timestamp" and "timestamp" in roles:
+        values = raw.time
+    else:
+        values = raw.columns[rule.column].to_numpy(zero_copy_only=False).astype(np.float64)
+    assert values is not None
+    return rule.apply(values).astype(np.float32)
+
+
+def encode_context(raw: RawInteractions, fields: tuple[FieldSpec, ...]) -> tuple[dict[str, np.ndarray], dict]:
+    """Codes per raw row of each interaction context field (categorical: 1..k in sorted value
+    order; bucket: ``1 + searchsorted(bins, x, 'right')``; 0 = unknown), with vocabularies from
+    the whole file, like the feature files. Returns (codes, {name: {type, cardinality, labels}})."""
+    codes: dict[str, np.ndarray] = {}
+    info: dict = {}
+    for f in fields:
+        values = raw.columns[f.column or f.name]
+        c, card, labels = _bucket(values, f) if f.type == "bucket" else _categorical(values, f)
+        codes[f.name] = c
+        info[f.name] = {"type": f.type, "cardinality": card, "labels": labels}
+    return codes, info
 
 
 def factorize_sorted(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -87,9 +144,16 @@ def preprocess(raw: RawInteractions, cfg: DataConfig, name: str) -> Processed:
     user, user_uniques = factorize_sorted(raw.user)
     item, item_uniques = factorize_sorted(raw.item)
     cols: dict[str, np.ndarray] = {"user": user, "item": item, "order": np.arange(len(raw), dtype=np.int64)}
-    for key, value in (("rating", raw.rating), ("time", raw.time), ("split", raw.split)):
+    for key, value in (
+        ("rating", raw.rating),
+        ("time", raw.time),
+        ("split", raw.split),
+        ("label", raw.label),
+    ):
         if value is not None:
             cols[key] = value
+    for field_name, codes in raw.context.items():
+        cols[f"ctx.{field_name}"] = codes
     counts = {"raw": len(raw)}
 
     def keep(mask: np.ndarray, stage: str, culprit: str) -> None:
@@ -126,16 +190,19 @@ def preprocess(raw: RawInteractions, cfg: DataConfig, name: str) -> Processed:
     item_ids, item_vocab = _compact(cols["item"], item_uniques)
     order = cols["order"]
     time = cols["time"].astype(np.float64) if "time" in cols else order.astype(np.float64)
-    binarize = cfg.binarize or "rating" not in cols
+    labelled = "label" in cols
+    binarize = (cfg.binarize and not labelled) or "rating" not in cols
     rating = np.ones(len(order), np.float32) if binarize else cols["rating"].astype(np.float32)
 
     perm = stable_user_time_order(user_ids, time if "time" in cols else None)
     user_ids, item_ids, rating, time = user_ids[perm], item_ids[perm], rating[perm], time[perm]
+    label = cols["label"][perm].astype(np.float32) if labelled else None
+    context = {name: cols[f"ctx.{name}"][perm] for name in raw.context}
     if "split" in cols:
-        labels = cols["split"][perm]
+        split = cols["split"][perm]
     else:
-        labels = split_labels(user_ids, time, order[perm], len(user_vocab) + 1, cfg)
-    parts = [_select(labels == code, user_ids, item_ids, rating, time) for code in range(3)]
+        split = split_labels(user_ids, time, order[perm], len(user_vocab) + 1, cfg)
+    parts = [_select(split == code, user_ids, item_ids, rating, time, label, context) for code in range(3)]
     counts.update(users=len(user_vocab), items=len(item_vocab), train=len(parts[0]), valid=len(parts[1]))
     counts["test"] = len(parts[2])
     if len(parts[0]) == 0:
@@ -192,12 +259,17 @@ def _compact(codes: np.ndarray, uniques: pa.Array) -> tuple[np.ndarray, pa.Array
     return remap[codes], uniques.take(pa.array(used))
 
 
-def _select(mask: np.ndarray, user, item, rating, time) -> Interactions:  # noqa: ANN001
+def _select(mask: np.ndarray, user, item, rating, time, label=None, context=None) -> Interactions:  # noqa: ANN001
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values[mask]))
+
     return Interactions(
-        user=torch.from_numpy(np.ascontiguousarray(user[mask])),
-        item=torch.from_numpy(np.ascontiguousarray(item[mask])),
-        rating=torch.from_numpy(np.ascontiguousarray(rating[mask])),
-        time=torch.from_numpy(np.ascontiguousarray(time[mask])),
+        user=tensor(user),
+        item=tensor(item),
+        rating=tensor(rating),
+        time=tensor(time),
+        label=tensor(label) if label is not None else None,
+        context={name: tensor(codes) for name, codes in (context or {}).items()},
     )
 
 
@@ -411,3 +483,179 @@ def _multi_hot(table: pa.Table, f) -> tuple[np.ndarray, list]:  # noqa: ANN001
         matrix[parents, codes] = 1.0
         labels = uniques.to_pylist()
     return matrix, labels
+
+
+# --------------------------------------------------------------------------- relation parts
+
+
+def _lookup(values: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Position of each value in ``vocab`` (-1 when absent); int and string ids are compared as
+    found, or as strings when their types differ."""
+    vocab, values = _align_id_types(vocab, values)
+    found = pc.index_in(values, value_set=vocab).to_numpy(zero_copy_only=False)
+    return np.nan_to_num(found.astype(np.float64), nan=-1).astype(np.int64)
+
+
+def _first_of_each(*keys: np.ndarray) -> np.ndarray:
+    """Mask keeping the first row (in row order) of each distinct key tuple."""
+    if len(keys[0]) == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort(keys[::-1])  # stable: equal keys keep row order
+    sorted_keys = [k[order] for k in keys]
+    new = np.ones(len(order), dtype=bool)
+    same = np.ones(len(order) - 1, dtype=bool)
+    for k in sorted_keys:
+        same &= k[1:] == k[:-1]
+    new[1:] = ~same
+    mask = np.zeros(len(order), dtype=bool)
+    mask[order[new]] = True
+    return mask
+
+
+def _line(row: int, path, header: bool, parquet: bool) -> str:  # noqa: ANN001
+    return f"'{path}' row {row + 1}" if parquet else f"'{path}' line {row + 1 + int(header)}"
+
+
+def build_kg(
+    triples: pa.Table,
+    triple_roles: dict[str, str],
+    links: pa.Table,
+    link_roles: dict[str, str],
+    item_vocab: pa.Array,
+    where: dict[str, tuple],
+    name: str,
+):  # noqa: ANN201 - (KnowledgeGraph, counts)
+    """Remap a knowledge graph to the prepared data's item ids.
+
+    Entity ids are 1..E over the sorted raw ids of every head and tail; relation ids 1..R over the
+    sorted raw relation ids (0 is padding for both). Exact duplicate triples are dropped (the
+    first is kept). Links: item raw ids go through the item vocabulary; links to items that are
+    not in the prepared data are counted and dropped; a link to an entity that appears in no
+    triple is an error; an item linked twice keeps its first link. ``where`` maps 'triples' and
+    'links' to (path, header, parquet) for error messages.
+    """
+    from recstudio.data.dataset import KnowledgeGraph
+
+    head = triples[triple_roles["head"]].combine_chunks()
+    tail = triples[triple_roles["tail"]].combine_chunks()
+    if head.type != tail.type:
+        head, tail = pc.cast(head, pa.string()), pc.cast(tail, pa.string())
+    n_raw = len(head)
+    codes, entities = factorize_sorted(pa.concat_arrays([head, tail]))
+    h, t = codes[:n_raw] + 1, codes[n_raw:] + 1
+    r_codes, relations = factorize_sorted(triples[triple_roles["relation"]].combine_chunks())
+    r = r_codes + 1
+    keep = _first_of_each(h, r, t)
+    h, r, t = h[keep], r[keep], t[keep]
+
+    link_item = links[link_roles["item"]].combine_chunks()
+    link_entity = links[link_roles["entity"]].combine_chunks()
+    entity_pos = _lookup(link_entity, entities)
+    unknown = np.flatnonzero(entity_pos < 0)
+    if len(unknown):
+        row = int(unknown[0])
+        path, header, parquet = where["links"]
+        raise DataError(
+            f"{_line(row, path, header, parquet)}: unknown entity {link_entity[row].as_py()!r} "
+            f"(column '{link_roles['entity']}'): it appears in no triple of {where['triples'][0]} "
+            f"({len(unknown)} link{'s' if len(unknown) > 1 else ''} name entities without triples)"
+        )
+    item_pos = _lookup(link_item, item_vocab)
+    known = item_pos >= 0
+    first = np.zeros(len(item_pos), dtype=bool)
+    first[np.flatnonzero(known)[_first_of_each(item_pos[known])]] = True
+    item_entity = np.zeros(len(item_vocab) + 1, dtype=np.int64)
+    item_entity[item_pos[first] + 1] = entity_pos[first] + 1
+    counts = {
+        "triples_raw": n_raw,
+        "duplicate_triples": int(n_raw - keep.sum()),
+        "triples": int(keep.sum()),
+        "entities": len(entities),
+        "relations": len(relations),
+        "links_raw": len(link_item),
+        "links_unknown_items": int((~known).sum()),
+        "links_repeated_items": int(known.sum() - first.sum()),
+        "linked_items": int(first.sum()),
+    }
+    log.info(
+        "%s: knowledge graph: %d triples (%d duplicates dropped), %d entities, %d relations; "
+        "%d of %d links kept (%d to items not in the prepared data dropped, %d repeated items dropped)",
+        name,
+        counts["triples"],
+        counts["duplicate_triples"],
+        counts["entities"],
+        counts["relations"],
+        counts["linked_items"],
+        counts["links_raw"],
+        counts["links_unknown_items"],
+        counts["links_repeated_items"],
+    )
+    kg = KnowledgeGraph(
+        head=torch.from_numpy(np.ascontiguousarray(h)),
+        relation=torch.from_numpy(np.ascontiguousarray(r)),
+        tail=torch.from_numpy(np.ascontiguousarray(t)),
+        num_entities=len(entities) + 1,
+        num_relations=len(relations) + 1,
+        item_entity=torch.from_numpy(item_entity),
+        entity_vocab=[None, *entities.to_pylist()],
+        relation_vocab=[None, *relations.to_pylist()],
+    )
+    return kg, counts
+
+
+def build_social(table: pa.Table, roles: dict[str, str], user_vocab: pa.Array, directed: bool, name: str):  # noqa: ANN201 - (SocialGraph, counts)
+    """Remap social links to the prepared data's user ids.
+
+    Self-loops and links naming users that are not in the prepared interactions (filtered out or
+    never seen) are dropped and counted (one INFO line). Repeated links keep their first row (for
+    an undirected graph, (a, b) and (b, a) are the same link); an undirected graph then stores
+    both directions. Edges come out sorted by (source, target).
+    """
+    from recstudio.data.dataset import SocialGraph
+
+    source_raw = table[roles["source"]].combine_chunks()
+    target_raw = table[roles["target"]].combine_chunks()
+    if source_raw.type != target_raw.type:
+        source_raw, target_raw = pc.cast(source_raw, pa.string()), pc.cast(target_raw, pa.string())
+    n_raw = len(source_raw)
+    if "weight" in roles:
+        weight = table[roles["weight"]].to_numpy().astype(np.float32)
+    else:
+        weight = np.ones(n_raw, dtype=np.float32)
+    self_loop = pc.equal(source_raw, target_raw).to_numpy(zero_copy_only=False)
+    src, tgt = _lookup(source_raw, user_vocab) + 1, _lookup(target_raw, user_vocab) + 1
+    unknown = ~self_loop & ((src == 0) | (tgt == 0))
+    keep = ~self_loop & ~unknown
+    src, tgt, weight = src[keep], tgt[keep], weight[keep]
+    a, b = (src, tgt) if directed else (np.minimum(src, tgt), np.maximum(src, tgt))
+    first = _first_of_each(a, b)
+    a, b, weight = a[first], b[first], weight[first]
+    if not directed:
+        a, b, weight = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([weight, weight])
+    order = np.lexsort((b, a))
+    counts = {
+        "rows": n_raw,
+        "self_loops": int(self_loop.sum()),
+        "unknown_users": int(unknown.sum()),
+        "duplicates": int(keep.sum() - first.sum()),
+        "links": int(first.sum()),
+        "edges": len(order),
+    }
+    log.info(
+        "%s: social graph (%s): %d links kept of %d rows; dropped %d naming users not in the "
+        "prepared interactions, %d self-loops, %d repeated links",
+        name,
+        "directed" if directed else "undirected",
+        counts["links"],
+        n_raw,
+        counts["unknown_users"],
+        counts["self_loops"],
+        counts["duplicates"],
+    )
+    graph = SocialGraph(
+        source=torch.from_numpy(np.ascontiguousarray(a[order])),
+        target=torch.from_numpy(np.ascontiguousarray(b[order])),
+        weight=torch.from_numpy(np.ascontiguousarray(weight[order])),
+        directed=directed,
+    )
+    return graph, counts

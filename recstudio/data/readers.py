@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from recstudio.data.spec import DatasetSpec, FeatureSpec, FileSpec, InteractionSource
+from recstudio.data.spec import (
+    RELATION_DEFAULT_COLUMNS,
+    DatasetSpec,
+    FeatureSpec,
+    FileSpec,
+    InteractionSource,
+    RelationFile,
+)
 from recstudio.errors import DataError
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
@@ -32,7 +39,9 @@ class RawInteractions:
     """Interactions as read, in file order (the row index is the file order).
 
     ``user``/``item`` keep the raw ids (int64 or string Arrow arrays); ``split`` is 0/1/2
-    (train/valid/test) when the spec names ready-made split files.
+    (train/valid/test) when the spec names ready-made split files. ``columns`` holds the extra
+    columns asked for (context field sources, a label rule's column) as read; ``label`` (0/1
+    float32) and ``context`` (int64 codes) are filled in from them before preprocessing.
     """
 
     user: pa.Array
@@ -40,6 +49,9 @@ class RawInteractions:
     rating: np.ndarray | None
     time: np.ndarray | None
     split: np.ndarray | None = None
+    columns: dict[str, pa.Array] = field(default_factory=dict)
+    label: np.ndarray | None = None
+    context: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -70,6 +82,30 @@ def _missing_columns(path: Path, wanted: list[str], available: list[str], what: 
         )
 
 
+def _header_names(first_line: bytes, fs: FileSpec) -> list[str]:
+    """Column names from a header line (RecBole atomic files: the part before ``:type``)."""
+    header = first_line.rstrip(b"\r").decode(
+        "utf-8-sig" if fs.encoding.lower().replace("_", "-") == "utf-8" else fs.encoding, errors="replace"
+    )
+    names = [n.strip().strip('"') for n in header.split(fs.sep or ",")]
+    if fs.format == "atomic":
+        names = [n.split(":", 1)[0] for n in names]
+    return names
+
+
+def file_columns(path: Path, fs: FileSpec) -> list[str]:
+    """The column names of a raw file: the spec's ``columns``, the header line, or the parquet schema."""
+    if fs.columns is not None:
+        return list(fs.columns)
+    if fs.format == "parquet":
+        try:
+            return list(pq.read_schema(path).names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read parquet file '{path}': {exc}") from None
+    with open(path, "rb") as fh:
+        return _header_names(fh.readline(), fs)
+
+
 def _read_text(
     path: Path, fs: FileSpec, columns: dict[str, str], required: tuple[str, ...], what: str
 ) -> pa.Table:
@@ -79,11 +115,7 @@ def _read_text(
     if fs.columns is not None:
         names = list(fs.columns)
     else:
-        first = data.split(b"\n", 1)[0].rstrip(b"\r")
-        header = first.decode(
-            "utf-8-sig" if fs.encoding.lower().replace("_", "-") == "utf-8" else fs.encoding
-        )
-        names = [n.strip().strip('"') for n in header.split(sep)]
+        names = _header_names(data.split(b"\n", 1)[0], fs)
     _missing_columns(path, list(columns), names, what)
     delimiter = sep_bytes
     if len(sep_bytes) != 1:
@@ -209,24 +241,38 @@ def _first_bad_value(path: Path, values: pa.ChunkedArray, col: str, kind: str) -
 # --------------------------------------------------------------------------- interactions
 
 
-def read_interactions(spec: DatasetSpec, paths: dict[str, Path]) -> RawInteractions:
-    """Read the spec's interactions, sequences (expanded to rows) or ready-made splits."""
+def read_interactions(
+    spec: DatasetSpec, paths: dict[str, Path], extra: dict[str, tuple[str, str]] | None = None
+) -> RawInteractions:
+    """Read the spec's interactions, sequences (expanded to rows) or ready-made splits.
+
+    ``extra`` maps further columns to read to (kind, what): kind 'int' | 'float' | 'str', and
+    ``what`` names the option or spec key that needs the column (for the error when it is missing).
+    """
     if spec.splits is None:
         assert spec.interactions is not None
-        return read_source(spec.interactions, paths[spec.interactions.source.file], "interactions")
+        return read_source(spec.interactions, paths[spec.interactions.source.file], "interactions", extra)
     parts = []
     for code, name in enumerate(("train", "valid", "test")):
         src = spec.splits.get(name)
         if src is not None:
-            raw = read_source(src, paths[src.source.file], f"splits.{name}")
+            raw = read_source(src, paths[src.source.file], f"splits.{name}", extra)
             raw.split = np.full(len(raw), code, dtype=np.int8)
             parts.append(raw)
     return _concat(parts)
 
 
-def read_source(src: InteractionSource, path: Path, what: str) -> RawInteractions:
-    """Read one interaction or sequence file."""
+def read_source(
+    src: InteractionSource, path: Path, what: str, extra: dict[str, tuple[str, str]] | None = None
+) -> RawInteractions:
+    """Read one interaction or sequence file (and the ``extra`` columns of a row file)."""
     if src.kind == "sequences":
+        if extra:
+            column, (_, needed_by) = next(iter(extra.items()))
+            raise DataError(
+                f"{needed_by} reads column '{column}', but '{path}' ({what}) is a sequence file "
+                "(one row per user): per-row columns need an 'interactions' file"
+            )
         return _read_sequences(src, path, what)
     fs, roles = src.source, src.roles
     columns: dict[str, str] = {}
@@ -235,6 +281,17 @@ def read_source(src: InteractionSource, path: Path, what: str) -> RawInteraction
             columns[roles[role]] = fs.dtypes.get(
                 roles[role], "float" if role in ("rating", "timestamp") else "auto"
             )
+    extra = extra or {}
+    if extra:
+        available = file_columns(path, fs)
+        for column, (_, needed_by) in extra.items():
+            if column not in available:
+                raise DataError(
+                    f"{needed_by} reads column '{column}', which file '{path}' ({what}) does not have; "
+                    f"its columns are: {', '.join(available)}"
+                )
+    for column, (kind, _) in extra.items():
+        columns.setdefault(column, fs.dtypes.get(column, kind))
     table = read_table(path, fs, columns, required=tuple(columns), what=f"{what}.roles")
     if table.num_rows == 0:
         raise DataError(f"file '{path}' ({what}) has no rows")
@@ -249,6 +306,7 @@ def read_source(src: InteractionSource, path: Path, what: str) -> RawInteraction
         item=table[roles["item"]].combine_chunks(),
         rating=numeric("rating"),
         time=numeric("timestamp"),
+        columns={column: table[column].combine_chunks() for column in extra},
     )
 
 
@@ -323,6 +381,7 @@ def _concat(parts: list[RawInteractions]) -> RawInteractions:
         rating=numeric([p.rating for p in parts], "rating"),
         time=numeric([p.time for p in parts], "timestamp"),
         split=np.concatenate([p.split for p in parts if p.split is not None]),
+        columns={c: ids([p.columns[c] for p in parts]) for c in (parts[0].columns if parts else {})},
     )
 
 
@@ -343,3 +402,51 @@ def read_features(fspec: FeatureSpec, path: Path, what: str) -> pa.Table:
                 kind = "str"
             columns.setdefault(col, fs.dtypes.get(col, kind))
     return read_table(path, fs, columns, required=(fspec.id,), what=what)
+
+
+# --------------------------------------------------------------------------- relation parts
+
+
+def read_relation(
+    rel: RelationFile,
+    path: Path,
+    kind: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    what: str,
+) -> tuple[pa.Table, dict[str, str]]:
+    """Read a relation file (``kind``: triples, links or social); return (table, role -> column).
+
+    Without roles in the spec, the default column names (``head_id``/``relation_id``/``tail_id``
+    for triples, ``item_id``/``entity_id`` for links) are used when the file has them all, else
+    the first columns in order. Ids are read as found (int or string) unless ``dtypes`` says;
+    a ``weight`` is read as float.
+    """
+    fs = rel.source
+    available = file_columns(path, fs)
+    roles = dict(rel.roles)
+    if not roles:
+        defaults = RELATION_DEFAULT_COLUMNS[kind]
+        if all(c in available for c in defaults):
+            roles = dict(zip(required, defaults))
+        elif len(available) >= len(required):
+            roles = dict(zip(required, available[: len(required)]))
+        else:
+            raise DataError(
+                f"file '{path}' ({what}) has {len(available)} column{'s' if len(available) != 1 else ''} "
+                f"({', '.join(available)}), but {what} needs {len(required)}: {', '.join(required)}"
+            )
+    missing = {role: col for role, col in roles.items() if col not in available}
+    if missing:
+        raise DataError(
+            f"{what}.roles names column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(c) for c in missing.values())}, which file '{path}' does not have; "
+            f"its columns are: {', '.join(available)}"
+        )
+    columns = {
+        col: fs.dtypes.get(col, "float" if role in optional else "auto") for role, col in roles.items()
+    }
+    table = read_table(path, fs, columns, required=tuple(columns), what=f"{what}.roles")
+    if table.num_rows == 0:
+        raise DataError(f"file '{path}' ({what}) has no rows")
+    return table, roles

@@ -9,7 +9,15 @@ checksums, and the config layers the dataset suggests (``defaults``). Validation
 Instead of ``interactions``, a spec may give ``sequences`` (one row per user with a separated
 item list; the position in the list is the time) or ``splits`` (ready-made train/valid/test
 files read with the ``interactions`` format; no split is made). ``datasets/README.md`` documents
-every key. Example (abridged from ``recstudio/conf/datasets/ml-100k.yaml``)::
+every key.
+
+Optional relation parts, read only when asked for (``prepare(..., parts=...)``):
+``knowledge_graph`` (``triples`` + item -> entity ``links``, part ``kg``) and ``social``
+(user -> user links, part ``social``); each may name its own ``folder``. ``labels`` is the
+dataset's recommended label rule for pointwise models (``"rating >= 4"``), and
+``interactions.fields`` declares per-row context fields.
+
+Example (abridged from ``recstudio/conf/datasets/ml-100k.yaml``)::
 
     name: ml-100k
     download:
@@ -38,6 +46,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +57,9 @@ from recstudio.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "conf" / "datasets"
 
-FORMATS: dict[str, str | None] = {"csv": ",", "tsv": "\t", "dat": "::", "parquet": None}
-"""Format name -> default separator (``dat`` is the MovieLens ``::`` layout)."""
+FORMATS: dict[str, str | None] = {"csv": ",", "tsv": "\t", "dat": "::", "atomic": "\t", "parquet": None}
+"""Format name -> default separator (``dat`` is the MovieLens ``::`` layout; ``atomic`` is
+RecBole's atomic file: tab-separated with a ``name:type`` header line)."""
 _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -57,9 +67,16 @@ _EXTENSIONS = {
     ".dat": "dat",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".inter": "atomic",
+    ".user": "atomic",
+    ".item": "atomic",
+    ".kg": "atomic",
+    ".link": "atomic",
+    ".net": "atomic",
 }
 DTYPES = ("int", "float", "str")
 FIELD_TYPES = ("categorical", "bucket", "multi_hot")
+CONTEXT_FIELD_TYPES = ("categorical", "bucket")
 CHECKSUM_KINDS = ("sha256", "git-blob")
 
 _FILE_KEYS = ("file", "format", "sep", "header", "columns", "encoding", "quote", "dtypes")
@@ -75,9 +92,71 @@ _TOP_KEYS = (
     "splits",
     "user_features",
     "item_features",
+    "knowledge_graph",
+    "social",
+    "labels",
     "defaults",
 )
 SPLIT_NAMES = ("train", "valid", "test")
+
+PARTS: dict[str, str] = {"kg": "knowledge_graph", "social": "social"}
+"""Relation part name (as ``prepare(parts=...)`` takes it) -> the spec section declaring it."""
+PART_TITLES = {"kg": "knowledge graph", "social": "social graph"}
+
+# roles of each relation file: (required roles, optional roles, default column names)
+TRIPLE_ROLES = ("head", "relation", "tail")
+LINK_ROLES = ("item", "entity")
+SOCIAL_ROLES = ("source", "target")
+RELATION_DEFAULT_COLUMNS = {
+    "triples": ("head_id", "relation_id", "tail_id"),
+    "links": ("item_id", "entity_id"),
+    "social": ("source_id", "target_id"),
+}
+
+LABEL_OPS = (">=", "<=", "==", "!=", ">", "<")
+_LABEL_RE = re.compile(r"^\s*(?P<column>[^\s<>=!]+)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """``"<column> <op> <number>"``: rows where it holds get label 1, the others 0."""
+
+    column: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.column} {self.op} {self.value:g}"
+
+    def apply(self, values):  # noqa: ANN001, ANN201 - numpy array in, bool array out
+        import numpy as np
+
+        ops = {
+            ">=": np.greater_equal,
+            "<=": np.less_equal,
+            "==": np.equal,
+            "!=": np.not_equal,
+            ">": np.greater,
+            "<": np.less,
+        }
+        return ops[self.op](values, self.value)
+
+
+def parse_label_rule(text: Any) -> LabelRule:
+    """Parse a label rule; raise ValueError saying what a rule looks like."""
+    match = _LABEL_RE.match(text) if isinstance(text, str) else None
+    value = None
+    if match is not None:
+        try:
+            value = float(match["value"])
+        except ValueError:
+            value = None
+    if match is None or value is None or value != value:
+        raise ValueError(
+            f"must be a rule '<column> <op> <number>' with op one of {', '.join(LABEL_OPS)} "
+            f"(e.g. 'rating >= 4'), got {text!r}"
+        )
+    return LabelRule(match["column"], match["op"], value)
 
 
 @dataclass(frozen=True)
@@ -117,11 +196,15 @@ class InteractionSource:
     kind: str
     roles: dict[str, str]
     item_sep: str = " "
+    fields: tuple[FieldSpec, ...] = ()
+    """Interaction context fields (categorical or bucket), encoded per row."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {**self.source.to_dict(), "kind": self.kind, "roles": dict(sorted(self.roles.items()))}
         if self.kind == "sequences":
             out["item_sep"] = self.item_sep
+        if self.fields:  # only when present: specs without context fields keep their cache keys
+            out["fields"] = {f.name: f.to_dict() for f in self.fields}
         return out
 
 
@@ -166,11 +249,65 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
+class RelationFile:
+    """A file of relation rows (KG triples, item -> entity links, social links).
+
+    ``roles`` maps each role (e.g. head/relation/tail) to a column; empty means "the default
+    column names if the file has them, else the first columns in order", resolved when the file
+    is read. ``folder`` is where the file is looked up (the spec's folder unless overridden).
+    """
+
+    source: FileSpec
+    roles: dict[str, str]
+    folder: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.source.to_dict(), "roles": dict(sorted(self.roles.items()))}
+
+
+@dataclass(frozen=True)
+class KnowledgeGraphSpec:
+    """``knowledge_graph``: entity triples plus the item -> entity links."""
+
+    triples: RelationFile
+    links: RelationFile
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"triples": self.triples.to_dict(), "links": self.links.to_dict()}
+
+
+@dataclass(frozen=True)
+class SocialSpec:
+    """``social``: user -> user links (roles source, target, optional weight)."""
+
+    links: RelationFile
+    directed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.links.to_dict(), "directed": self.directed}
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One raw file a spec reads. ``name`` keys it in paths, digests and manifests: the file name,
+    or ``<folder>/<file>`` for a file looked up in another folder than the spec's."""
+
+    name: str
+    file: str
+    folder: str
+
+
+@dataclass(frozen=True)
 class DownloadSpec:
-    """Archive url (optional) and expected checksums by file name (``sha256:…`` / ``git-blob:…``)."""
+    """One download source: a url (optional) and expected checksums by file name
+    (``sha256:…`` / ``git-blob:…``). The url is a zip/tar archive whose members are matched by
+    file name, or a single file saved as the one file ``files`` names."""
 
     url: str | None
     files: dict[str, str | None]
+
+    def lists(self, file: str) -> bool:
+        return file in self.files or Path(file).name in self.files
 
 
 @dataclass(frozen=True)
@@ -186,31 +323,76 @@ class DatasetSpec:
     splits: dict[str, InteractionSource] | None
     user_features: FeatureSpec | None
     item_features: FeatureSpec | None
-    download: DownloadSpec | None
+    downloads: tuple[DownloadSpec, ...]
     defaults: dict[str, Any]
+    knowledge_graph: KnowledgeGraphSpec | None = None
+    social: SocialSpec | None = None
+    labels: str | None = None
+    """The dataset's recommended label rule for pointwise (CTR) models, e.g. ``"rating >= 4"``."""
 
-    def raw_files(self) -> list[str]:
-        """Every file name the spec reads, in a stable order (interactions first)."""
-        names: list[str] = []
+    @property
+    def download(self) -> DownloadSpec | None:
+        """The first download source (None when the spec has none)."""
+        return self.downloads[0] if self.downloads else None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The relation parts this spec declares (``kg``, ``social``)."""
+        return tuple(p for p in PARTS if self.part_spec(p) is not None)
+
+    def part_spec(self, part: str) -> KnowledgeGraphSpec | SocialSpec | None:
+        if part not in PARTS:
+            raise DataError(f"unknown dataset part {part!r}: the parts are {', '.join(PARTS)}")
+        return self.knowledge_graph if part == "kg" else self.social
+
+    def require_part(self, part: str) -> KnowledgeGraphSpec | SocialSpec:
+        spec = self.part_spec(part)
+        if spec is None:
+            raise PartMissing(self.name, part)
+        return spec
+
+    def part_files(self, part: str) -> list[RelationFile]:
+        spec = self.require_part(part)
+        return [spec.triples, spec.links] if isinstance(spec, KnowledgeGraphSpec) else [spec.links]
+
+    def raw_file(self, rel: RelationFile) -> RawFile:
+        name = rel.source.file if rel.folder == self.folder else f"{rel.folder}/{rel.source.file}"
+        return RawFile(name, rel.source.file, rel.folder)
+
+    def raw_file_refs(self, parts: tuple[str, ...] | list[str] = ()) -> list[RawFile]:
+        """Every raw file read for the interactions entry and the given parts, in a stable order."""
+        refs: list[RawFile] = []
         sources = [self.interactions] if self.splits is None else list(self.splits.values())
         for src in sources:
             if src is not None:
-                names.append(src.source.file)
+                refs.append(RawFile(src.source.file, src.source.file, self.folder))
         for feats in (self.user_features, self.item_features):
             if feats is not None:
-                names.append(feats.source.file)
-        return list(dict.fromkeys(names))
+                refs.append(RawFile(feats.source.file, feats.source.file, self.folder))
+        for part in parts:
+            refs += [self.raw_file(rel) for rel in self.part_files(part)]
+        return list({ref.name: ref for ref in refs}.values())
+
+    def raw_files(self, parts: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Names of the raw files read for the interactions entry and the given parts
+        (interactions first)."""
+        return [ref.name for ref in self.raw_file_refs(parts)]
 
     def checksum(self, file: str) -> str | None:
-        if self.download is None:
-            return None
-        return self.download.files.get(file) or self.download.files.get(Path(file).name)
+        for source in self.downloads:
+            found = source.files.get(file) or source.files.get(Path(file).name)
+            if found:
+                return found
+        return None
 
     def canonical(self) -> dict[str, Any]:
-        """What determines the prepared data (part of the cache key): names, formats, roles.
+        """What determines the prepared interactions entry (part of its cache key): names,
+        formats, roles, features, interaction context fields.
 
-        Descriptions, download urls, checksums and ``defaults`` are left out: the raw files'
-        digests and the full DataConfig enter the cache key on their own.
+        Descriptions, download urls, checksums, ``defaults`` and ``labels`` (a suggestion; the
+        rule in effect is ``data.label``) are left out: the raw files' digests and the full
+        DataConfig enter the cache key on their own. Each relation part has its own key, from
+        ``part_canonical``, so declaring a knowledge graph does not change the entry's key.
         """
         return {
             "name": self.name,
@@ -220,21 +402,36 @@ class DatasetSpec:
             "item_features": self.item_features.to_dict() if self.item_features else None,
         }
 
+    def part_canonical(self, part: str) -> dict[str, Any]:
+        """What determines a relation part (besides the entry it belongs to and its raw files)."""
+        return {"part": part, "spec": self.require_part(part).to_dict()}
+
     def canonical_json(self) -> str:
         return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
 
-    def search_dirs(self, data_dir: str | Path | None = None) -> list[Path]:
-        """Folders searched for raw files, in order (see ``datasets/README.md``)."""
+    def search_dirs(self, data_dir: str | Path | None = None, folder: str | None = None) -> list[Path]:
+        """Folders searched for raw files of ``folder`` (default: the spec's), in order (see
+        ``datasets/README.md``)."""
+        folder = folder or self.folder
         dirs: list[Path] = []
         if data_dir is not None:
-            dirs += [Path(data_dir), Path(data_dir) / self.folder]
+            dirs += [Path(data_dir), Path(data_dir) / folder]
         env = os.environ.get("RECSTUDIO_DATA_DIR")
         if env:
-            dirs += [Path(env) / self.folder, Path(env)]
-        dirs.append(Path.cwd() / "datasets" / self.folder)
+            dirs += [Path(env) / folder, Path(env)]
+        dirs.append(Path.cwd() / "datasets" / folder)
         if self.origin is not None and not self.builtin:
             dirs.append(self.origin.parent)
         return list(dict.fromkeys(d.absolute() for d in dirs))
+
+
+class PartMissing(DataError):
+    """A relation part was asked for that the dataset's spec does not declare."""
+
+    def __init__(self, dataset: str, part: str) -> None:
+        self.dataset, self.part = dataset, part
+        title = PART_TITLES.get(part, part)
+        super().__init__(f"dataset '{dataset}' has no {title} (a {PARTS[part]} section in its spec)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -328,7 +525,18 @@ def parse_spec(content: Any, origin: Path | None = None, builtin: bool = False) 
     item_features = (
         _feature_spec(top["item_features"], "item_features", v) if "item_features" in top else None
     )
-    download = _download_spec(top["download"], v) if top.get("download") is not None else None
+    downloads = _download_specs(top["download"], v) if top.get("download") is not None else ()
+    knowledge_graph = (
+        _knowledge_graph_spec(top["knowledge_graph"], folder, v) if top.get("knowledge_graph") else None
+    )
+    social = _social_spec(top["social"], folder, v) if top.get("social") else None
+    labels = None
+    if top.get("labels") is not None:
+        labels = v.string(top["labels"], "labels")
+        try:
+            parse_label_rule(labels)
+        except ValueError as exc:
+            v.fail("labels", str(exc))
     defaults = v.mapping(top.get("defaults") or {}, "defaults", None)
     for key, value in defaults.items():
         if not isinstance(value, dict):
@@ -345,8 +553,11 @@ def parse_spec(content: Any, origin: Path | None = None, builtin: bool = False) 
         splits=splits,
         user_features=user_features,
         item_features=item_features,
-        download=download,
+        downloads=downloads,
         defaults=defaults,
+        knowledge_graph=knowledge_graph,
+        social=social,
+        labels=labels,
     )
 
 
@@ -424,7 +635,9 @@ def _file_spec(raw: dict[str, Any], key: str, v: _Validator) -> FileSpec:
         sep = sep if sep is not None else FORMATS[fmt]
         if not sep or "\n" in sep or "\r" in sep:
             v.fail(f"{key}.sep", f"must be a non-empty separator without line breaks, got {sep!r}")
-        header = v.boolean(raw.get("header", columns is None), f"{key}.header")
+        header = v.boolean(raw.get("header", columns is None or fmt == "atomic"), f"{key}.header")
+        if fmt == "atomic" and not header:
+            v.fail(f"{key}.header", "must be true for atomic files (their first line is a name:type header)")
         if not header and columns is None:
             v.fail(f"{key}.columns", "is required when the file has no header line (header: false)")
     encoding = v.string(raw.get("encoding", "utf-8"), f"{key}.encoding") or "utf-8"
@@ -444,7 +657,7 @@ def _file_spec(raw: dict[str, Any], key: str, v: _Validator) -> FileSpec:
 
 def _interaction_source(raw: dict[str, Any], key: str, kind_key: str, v: _Validator) -> InteractionSource:
     kind = "sequences" if kind_key == "sequences" else "rows"
-    extra = ("roles", "item_sep") if kind == "sequences" else ("roles",)
+    extra = ("roles", "item_sep") if kind == "sequences" else ("roles", "fields")
     raw = v.mapping(raw, key, _FILE_KEYS + extra)
     source = _file_spec(raw, key, v)
     allowed_roles = _SEQ_ROLES if kind == "sequences" else _INTER_ROLES
@@ -465,7 +678,14 @@ def _interaction_source(raw: dict[str, Any], key: str, kind_key: str, v: _Valida
         item_sep = v.string(raw.get("item_sep", " "), f"{key}.item_sep") or " "
         if source.sep is not None and item_sep == source.sep:
             v.fail(f"{key}.item_sep", "must differ from the field separator 'sep'")
-    return InteractionSource(source, kind, roles, item_sep)
+    fields: tuple[FieldSpec, ...] = ()
+    if raw.get("fields"):
+        fields_raw = v.mapping(raw["fields"], f"{key}.fields", None)
+        fields = _field_specs(fields_raw, f"{key}.fields", source, key, CONTEXT_FIELD_TYPES, v)
+        for f in fields:
+            if f.name in _INTER_ROLES or f.name in ("label", "split"):
+                v.fail(f"{key}.fields.{f.name}", "is a reserved name (a role or a split column)")
+    return InteractionSource(source, kind, roles, item_sep, fields)
 
 
 def _feature_spec(raw: Any, key: str, v: _Validator) -> FeatureSpec:
@@ -479,12 +699,27 @@ def _feature_spec(raw: Any, key: str, v: _Validator) -> FeatureSpec:
         v.fail(
             f"{key}.fields", "is required: a mapping of feature name -> {type: categorical|bucket|multi_hot}"
         )
+    fields = _field_specs(fields_raw, f"{key}.fields", source, key, FIELD_TYPES, v)
+    if source.columns is not None and id_col not in source.columns:
+        v.fail(f"{key}.id", f"names column '{id_col}', which is not in {key}.columns")
+    return FeatureSpec(source, id_col, fields)
+
+
+def _field_specs(
+    fields_raw: dict[str, Any],
+    key: str,
+    source: FileSpec,
+    file_key: str,
+    types: tuple[str, ...],
+    v: _Validator,
+) -> tuple[FieldSpec, ...]:
+    """Validate a ``fields`` mapping (feature or interaction context fields of ``types``)."""
     fields = []
     for name, spec in fields_raw.items():
-        fkey = f"{key}.fields.{name}"
+        fkey = f"{key}.{name}"
         spec = {"type": spec} if isinstance(spec, str) else spec
         spec = v.mapping(spec, fkey, ("type", "column", "columns", "sep", "prefix", "extract", "bins"))
-        ftype = v.choice(spec.get("type"), f"{fkey}.type", FIELD_TYPES)
+        ftype = v.choice(spec.get("type"), f"{fkey}.type", types)
         columns = v.names(spec["columns"], f"{fkey}.columns") if spec.get("columns") is not None else None
         prefix = spec.get("prefix")
         if prefix is not None and (not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 1):
@@ -504,8 +739,6 @@ def _feature_spec(raw: Any, key: str, v: _Validator) -> FeatureSpec:
             v.fail(f"{fkey}.{'columns' if columns is not None else 'sep'}", "applies only to type: multi_hot")
         extract = v.string(spec.get("extract"), f"{fkey}.extract")
         if extract is not None:
-            import re
-
             try:
                 if re.compile(extract).groups != 1:
                     v.fail(f"{fkey}.extract", "must be a regular expression with exactly one (group)")
@@ -524,27 +757,77 @@ def _feature_spec(raw: Any, key: str, v: _Validator) -> FeatureSpec:
         if source.columns is not None:
             for col in field_spec.source_columns():
                 if col not in source.columns:
-                    v.fail(f"{fkey}", f"reads column '{col}', which is not in {key}.columns")
+                    v.fail(f"{fkey}", f"reads column '{col}', which is not in {file_key}.columns")
         fields.append(field_spec)
-    if source.columns is not None and id_col not in source.columns:
-        v.fail(f"{key}.id", f"names column '{id_col}', which is not in {key}.columns")
-    return FeatureSpec(source, id_col, tuple(fields))
+    return tuple(fields)
 
 
-def _download_spec(raw: Any, v: _Validator) -> DownloadSpec:
-    raw = v.mapping(raw, "download", ("url", "files"))
-    url = v.string(raw.get("url"), "download.url")
-    files_raw = v.mapping(raw.get("files") or {}, "download.files", None)
+def _download_specs(raw: Any, v: _Validator) -> tuple[DownloadSpec, ...]:
+    """``download``: one mapping {url, files} or a list of them (several sources)."""
+    if isinstance(raw, list):
+        if not raw:
+            v.fail("download", "must be a mapping {url, files} or a non-empty list of them")
+        return tuple(_download_spec(item, f"download[{i}]", v) for i, item in enumerate(raw))
+    return (_download_spec(raw, "download", v),)
+
+
+def _download_spec(raw: Any, key: str, v: _Validator) -> DownloadSpec:
+    raw = v.mapping(raw, key, ("url", "files"))
+    url = v.string(raw.get("url"), f"{key}.url")
+    files_raw = v.mapping(raw.get("files") or {}, f"{key}.files", None)
     files: dict[str, str | None] = {}
     for name, checksum in files_raw.items():
-        key = f"download.files.{name}"
+        fkey = f"{key}.files.{name}"
         if checksum is not None:
-            checksum = v.string(checksum, key) or ""
+            checksum = v.string(checksum, fkey) or ""
             kind, _, digest = checksum.partition(":")
-            v.choice(kind, key + " (checksum kind)", CHECKSUM_KINDS)
+            v.choice(kind, fkey + " (checksum kind)", CHECKSUM_KINDS)
             width = 64 if kind == "sha256" else 40
             if len(digest) != width or any(c not in "0123456789abcdef" for c in digest.lower()):
-                v.fail(key, f"must be '{kind}:' followed by {width} hex digits, got {checksum!r}")
+                v.fail(fkey, f"must be '{kind}:' followed by {width} hex digits, got {checksum!r}")
             checksum = f"{kind}:{digest.lower()}"
         files[str(name)] = checksum
     return DownloadSpec(url, files)
+
+
+# --------------------------------------------------------------------------- relation parts
+
+
+def _relation_file(
+    raw: Any, key: str, folder: str, required: tuple[str, ...], optional: tuple[str, ...], v: _Validator
+) -> RelationFile:
+    raw = v.mapping(raw, key, _FILE_KEYS + ("roles", "folder"))
+    source = _file_spec(raw, key, v)
+    folder = v.string(raw.get("folder", folder), f"{key}.folder") or folder
+    roles: dict[str, str] = {}
+    if raw.get("roles") is not None:
+        roles_raw = v.mapping(raw["roles"], f"{key}.roles", required + optional)
+        roles = {r: v.string(c, f"{key}.roles.{r}") for r, c in roles_raw.items() if c is not None}
+        for role in required:
+            if role not in roles:
+                v.fail(f"{key}.roles.{role}", f"is required when roles are given ({', '.join(required)})")
+        if source.columns is not None:
+            for role, col in roles.items():
+                if col not in source.columns:
+                    v.fail(f"{key}.roles.{role}", f"names column '{col}', which is not in {key}.columns")
+    elif source.columns is not None and len(source.columns) < len(required):
+        v.fail(f"{key}.columns", f"must name at least {len(required)} columns ({', '.join(required)})")
+    return RelationFile(source, roles, folder)
+
+
+def _knowledge_graph_spec(raw: Any, folder: str, v: _Validator) -> KnowledgeGraphSpec:
+    raw = v.mapping(raw, "knowledge_graph", ("folder", "triples", "links"))
+    folder = v.string(raw.get("folder", folder), "knowledge_graph.folder") or folder
+    for sub in ("triples", "links"):
+        if raw.get(sub) is None:
+            v.fail(f"knowledge_graph.{sub}", "is required (a file mapping: {file: ..., format: ...})")
+    triples = _relation_file(raw["triples"], "knowledge_graph.triples", folder, TRIPLE_ROLES, (), v)
+    links = _relation_file(raw["links"], "knowledge_graph.links", folder, LINK_ROLES, (), v)
+    return KnowledgeGraphSpec(triples, links)
+
+
+def _social_spec(raw: Any, folder: str, v: _Validator) -> SocialSpec:
+    raw = v.mapping(raw, "social", _FILE_KEYS + ("roles", "folder", "directed"))
+    directed = v.boolean(raw.get("directed", False), "social.directed")
+    rest = {k: val for k, val in raw.items() if k != "directed"}
+    return SocialSpec(_relation_file(rest, "social", folder, SOCIAL_ROLES, ("weight",), v), directed)
