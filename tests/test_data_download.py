@@ -165,3 +165,64 @@ def test_git_blob_digest_matches_git(tmp_path: Path) -> None:
     if git:
         out = subprocess.run([git, "hash-object", str(path)], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == file_digest(path, "git-blob")
+
+
+KG = b"head_id:token\trelation_id:token\ttail_id:token\ne1\tgenre\tg1\ne2\tgenre\tg1\n"
+LINK = b"item_id:token\tentity_id:token\n10\te1\n12\te2\n"
+
+
+def _parts_spec(url: str, kg_checksum: str, link_files: str | None = None) -> str:
+    base = url.rsplit("/", 1)[0]
+    link_files = link_files or f'toy.link: "sha256:{_sha256(LINK)}"'
+    return (
+        _spec(url, f"sha256:{_sha256(RATINGS)}")
+        .replace(
+            "download:\n  url: " + url + "\n  files:\n    ratings.tsv",
+            "download:\n- url: " + url + "\n  files:\n    ratings.tsv",
+        )
+        .replace(
+            '    users.dat: "sha256:' + _sha256(USERS) + '"\n',
+            '    users.dat: "sha256:' + _sha256(USERS) + '"\n'
+            f'- url: {base}/raw/toy.kg\n  files: {{toy.kg: "{kg_checksum}"}}\n'
+            f"- url: {base}/raw/toy.link\n  files: {{{link_files}}}\n",
+        )
+        + "knowledge_graph:\n  folder: netkg\n  triples: {file: toy.kg}\n  links: {file: toy.link}\n"
+    )
+
+
+def test_several_sources_and_single_file_downloads(server: str, tmp_path: Path) -> None:
+    raw = tmp_path / "www" / "raw"
+    raw.mkdir()
+    (raw / "toy.kg").write_bytes(KG)
+    (raw / "toy.link").write_bytes(LINK)
+    spec = tmp_path / "netdata.yaml"
+    spec.write_text(_parts_spec(server, f"sha256:{_sha256(KG)}"))
+    plain = prepare(spec, data_dir=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert _Handler.requests == ["/netdata.zip"]  # the KG files are not needed without the part
+    assert plain.kg is None and not (tmp_path / "data" / "netkg").exists()
+    data = prepare(spec, data_dir=tmp_path / "data", cache_dir=tmp_path / "c", parts=("kg",))
+    assert sorted(_Handler.requests) == ["/netdata.zip", "/raw/toy.kg", "/raw/toy.link"]
+    assert (tmp_path / "data" / "netkg" / "toy.kg").read_bytes() == KG  # saved in the part's folder
+    assert data.kg.item_entity.tolist() == [0, 1, 0, 2] and data.manifest["cache_hit"] is False
+    assert not [p for p in (tmp_path / "data" / "netkg").iterdir() if p.name.startswith(".")]
+    again = prepare(spec, data_dir=tmp_path / "data", cache_dir=tmp_path / "c", parts=("kg",))
+    assert again.manifest["cache_hit"] is True and len(_Handler.requests) == 3
+
+
+def test_single_file_download_checksum_and_listing(server: str, tmp_path: Path) -> None:
+    raw = tmp_path / "www" / "raw"
+    raw.mkdir()
+    (raw / "toy.kg").write_bytes(KG)
+    (raw / "toy.link").write_bytes(LINK)
+    spec = tmp_path / "netdata.yaml"
+    wrong = "sha256:" + "0" * 64
+    spec.write_text(_parts_spec(server, wrong))
+    with pytest.raises(DataError) as err:
+        prepare(spec, data_dir=tmp_path / "data", cache_dir=tmp_path / "c", parts=("kg",))
+    assert "checksum mismatch for 'toy.kg'" in str(err.value) and f"sha256:{_sha256(KG)}" in str(err.value)
+    assert not (tmp_path / "data" / "netkg" / "toy.kg").exists()
+    # a single-file source must list exactly one file
+    two = f'toy.link: "sha256:{_sha256(LINK)}", other.txt: null'
+    spec.write_text(_parts_spec(server, f"sha256:{_sha256(KG)}", link_files=two))
+    with pytest.raises(DataError, match="is not a zip or tar archive .* exactly that one file"):
+        prepare(spec, data_dir=tmp_path / "data", cache_dir=tmp_path / "c", parts=("kg",))

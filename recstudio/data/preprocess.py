@@ -542,9 +542,10 @@ def build_kg(
         head, tail = pc.cast(head, pa.string()), pc.cast(tail, pa.string())
     n_raw = len(head)
     codes, entities = factorize_sorted(pa.concat_arrays([head, tail]))
+    codes = codes.astype(np.int64, copy=False)
     h, t = codes[:n_raw] + 1, codes[n_raw:] + 1
     r_codes, relations = factorize_sorted(triples[triple_roles["relation"]].combine_chunks())
-    r = r_codes + 1
+    r = r_codes.astype(np.int64, copy=False) + 1
     keep = _first_of_each(h, r, t)
     h, r, t = h[keep], r[keep], t[keep]
 

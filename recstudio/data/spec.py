@@ -411,7 +411,9 @@ class DatasetSpec:
 
     def search_dirs(self, data_dir: str | Path | None = None, folder: str | None = None) -> list[Path]:
         """Folders searched for raw files of ``folder`` (default: the spec's), in order (see
-        ``datasets/README.md``)."""
+        ``datasets/README.md``). For a part's own folder, a spec given by path also looks in
+        ``<its folder>/<folder>``, then in its own folder."""
+        own_folder = folder is None or folder == self.folder
         folder = folder or self.folder
         dirs: list[Path] = []
         if data_dir is not None:
@@ -421,6 +423,8 @@ class DatasetSpec:
             dirs += [Path(env) / folder, Path(env)]
         dirs.append(Path.cwd() / "datasets" / folder)
         if self.origin is not None and not self.builtin:
+            if not own_folder:
+                dirs.append(self.origin.parent / folder)
             dirs.append(self.origin.parent)
         return list(dict.fromkeys(d.absolute() for d in dirs))
 
