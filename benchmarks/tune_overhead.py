@@ -68,16 +68,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from recstudio.commands.tune import build_settings
     from recstudio.tune import objective as objective_mod
     from recstudio.tune import plots as plots_mod
-    from recstudio.tune import study as study_mod
+    from recstudio.tune import runner as runner_mod
+    from recstudio.tune.parent import ParentRun, TrialRecorder
 
     setup_logging(quiet=True)
     timers = Timers()
     timers.wrap(optuna.study.Study, "optimize", "optimize_call")
     timers.wrap(objective_mod.Objective, "__call__", "objective")
-    timers.wrap(study_mod.TrialRecorder, "__call__", "parent_update")
-    timers.wrap(study_mod, "create_or_load", "oneoff_study")
-    timers.wrap(study_mod, "prepare_data_once", "oneoff_prepare")
-    timers.wrap(study_mod.ParentRun, "open", "oneoff_parent")
+    timers.wrap(TrialRecorder, "__call__", "parent_update")
+    timers.wrap(runner_mod, "create_or_load", "oneoff_study")  # the names run_study calls
+    timers.wrap(runner_mod, "prepare_data_once", "oneoff_prepare")
+    timers.wrap(ParentRun, "open", "oneoff_parent")
     timers.wrap(plots_mod, "log_study_plots", "oneoff_plots")
 
     flags = {"train.epochs": args.epochs, "train.early_stop_patience": 0}
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     settings.quiet = True
     settings.accelerator = args.device
     t0 = time.perf_counter()
-    summary = study_mod.run_study(settings)
+    summary = runner_mod.run_study(settings)
     invocation = time.perf_counter() - t0
 
     study = optuna.load_study(study_name=settings.study_name, storage=settings.storage)

@@ -320,7 +320,7 @@ def test_ready_study_configs_are_valid(path: Path, tmp_path: Path) -> None:
         section=section,
     )
     assert settings.space and settings.trials
-    from recstudio.tune.study import make_pruner, make_sampler
+    from recstudio.tune.strategies import make_pruner, make_sampler
 
     make_sampler(settings.sampler, settings.space, 0, settings.sampler_options)
     make_pruner(settings.pruner, settings.pruner_options, settings.base_config["train"]["epochs"])

@@ -20,8 +20,9 @@ from recstudio.cli import cli
 from recstudio.experiment import resolve_config
 from recstudio.model.registry import get_model_class
 from recstudio.testing import planted_data
+from recstudio.tune.runner import run_study
+from recstudio.tune.settings import TuneSettings
 from recstudio.tune.space import normalize
-from recstudio.tune.study import TuneSettings, run_study
 
 PG_URL = os.environ.get("RECSTUDIO_TEST_PG_URL")
 MLFLOW_URL = (os.environ.get("RECSTUDIO_TEST_MLFLOW_URL") or "").rstrip("/")

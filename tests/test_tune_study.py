@@ -21,8 +21,10 @@ from recstudio.experiment import resolve_config
 from recstudio.model.general.bpr import BPR
 from recstudio.model.registry import get_model_class
 from recstudio.testing import planted_data
+from recstudio.tune.runner import run_study
+from recstudio.tune.settings import TuneSettings
 from recstudio.tune.space import normalize
-from recstudio.tune.study import Budget, TuneSettings, run_study
+from recstudio.tune.workers import Budget
 
 # embed_dim values that steer the patched BPR below (every other value trains normally)
 BAD, NAN, RAISE, INTERRUPT = 5, 7, 9, 3
@@ -202,7 +204,8 @@ def test_resume_refuses_changed_categorical_choices(workdir: Path) -> None:
     from optuna.distributions import CategoricalDistribution
 
     from recstudio.errors import ConfigError
-    from recstudio.tune.study import create_or_load, make_storage
+    from recstudio.tune.storage import make_storage
+    from recstudio.tune.study import create_or_load
 
     settings = settings_for(workdir, "changed", trials=1, dims=(16, 8))
     storage = make_storage(settings.storage, heartbeat_interval=None)
@@ -247,7 +250,7 @@ KILLED_WORKER = textwrap.dedent(
     from test_tune_study import settings_for
     from pathlib import Path
     from recstudio.model.general.bpr import BPR
-    from recstudio.tune.study import run_study
+    from recstudio.tune.runner import run_study
 
     original = BPR.training_loss
     def slow(self, batch):
@@ -303,7 +306,7 @@ def test_hard_killed_trial_is_failed_and_retried(workdir: Path, tracking_uri: st
 
 def test_two_invocations_opening_one_new_study_keep_one_parent(workdir: Path, tracking_uri: str) -> None:
     """Both saw no parent id in the new study and both opened a run: the older one stays."""
-    from recstudio.tune.study import ParentRun
+    from recstudio.tune.parent import ParentRun
 
     settings = settings_for(workdir, "race", trials=1, dims=(16,), tracking_uri=tracking_uri)
     study = optuna.create_study(study_name="race", storage=settings.storage, direction="maximize")
@@ -321,7 +324,8 @@ def test_two_invocations_opening_one_new_study_keep_one_parent(workdir: Path, tr
 
 
 def test_baseline_is_the_first_trial_of_a_new_study(workdir: Path) -> None:
-    from recstudio.tune.study import create_or_load, make_storage
+    from recstudio.tune.storage import make_storage
+    from recstudio.tune.study import create_or_load
 
     settings = settings_for(workdir, "baseline", trials=1, dims=(16, 64), baseline=True)
     storage = make_storage(settings.storage, heartbeat_interval=None)

@@ -267,7 +267,7 @@ def tune_command(
     settings.quiet = quiet or as_json
     settings.verbose = verbose
 
-    from recstudio.tune.study import run_study
+    from recstudio.tune.runner import run_study
 
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect:
@@ -309,8 +309,9 @@ def build_settings(
     """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section)."""
     from recstudio.errors import ConfigError
     from recstudio.model.registry import get_model_class
+    from recstudio.tune.settings import DEFAULT_TRIALS, TuneSettings
     from recstudio.tune.space import config_fields, load_search_space, normalize, pin, resolve_key
-    from recstudio.tune.study import DEFAULT_TRIALS, TuneSettings, default_storage
+    from recstudio.tune.storage import default_storage
 
     section = dict(section or {})
     flags = dict(config_flags)
@@ -420,7 +421,7 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
 
 def _open_storage(storage: str | None) -> tuple[str, Any]:
     from recstudio.errors import ConfigError
-    from recstudio.tune.study import default_storage, make_storage
+    from recstudio.tune.storage import default_storage, make_storage
 
     url = storage or default_storage()
     if url.startswith("sqlite:///") and ":memory:" not in url:
@@ -434,7 +435,7 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
     """Every study in ``storage``: facts, trial counts by state, best value."""
     import optuna
 
-    from recstudio.tune.study import state_counts
+    from recstudio.tune.results import state_counts
 
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -466,7 +467,7 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def studies_command(storage: str | None, as_json: bool) -> None:
     """List the studies in an Optuna storage: trials by state and best value."""
-    from recstudio.tune.study import redact
+    from recstudio.tune.storage import redact
 
     url, store = _open_storage(storage)
     rows = list_studies(store)
@@ -554,7 +555,7 @@ def export_config(study: Any, trial: Any, path: str | Path) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def best_command(study_name: str, storage: str | None, export: str | None, as_json: bool) -> None:
     """Show a study's best trial: value, params, MLflow run id; optionally export its config."""
-    from recstudio.tune.study import trial_summary
+    from recstudio.tune.results import trial_summary
 
     _, store = _open_storage(storage)
     study, trial = best_trial(store, study_name)

@@ -1,10 +1,17 @@
 """Hyperparameter tuning: Optuna studies whose trials are ``pipeline.run`` calls.
 
+- ``settings``: ``TuneSettings``;
 - ``space``: search spaces as data (validation against the config schema, NNI conversion,
   ``suggest(trial, space)``);
-- ``pruning``: the Lightning callback that reports each validation to the trial;
+- ``strategies``: samplers and pruners by name, their defaults and seeds;
+- ``storage``: Optuna storage URLs and connections (SQLite specifics, password redaction);
+- ``study``: create or resume a study (compatibility checks), load it, stale trials;
 - ``objective``: one trial = one run = one nested MLflow child run;
-- ``study``: storage, create/resume, samplers, pruners, the MLflow parent run, worker processes;
+- ``pruning``: the Lightning callback that reports each validation to the trial;
+- ``parent``: the study's MLflow parent run and the callback that updates it after each trial;
+- ``workers``: the trial budget, one worker's trial loop, worker processes and their GPUs;
+- ``runner``: ``run_study``, one invocation from checks to summary;
+- ``results``: summaries and trial counts;
 - ``plots``: study plots as HTML artifacts.
 
 Names are imported lazily (Optuna, MLflow and Lightning are heavy), so ``import recstudio.tune``
@@ -28,8 +35,8 @@ __all__ = [
 
 _LAZY = {
     "PruningCallback": "recstudio.tune.pruning",
-    "TuneSettings": "recstudio.tune.study",
-    "run_study": "recstudio.tune.study",
+    "TuneSettings": "recstudio.tune.settings",
+    "run_study": "recstudio.tune.runner",
     "from_nni": "recstudio.tune.space",
     "load_search_space": "recstudio.tune.space",
     "normalize": "recstudio.tune.space",

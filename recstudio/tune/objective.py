@@ -33,7 +33,7 @@ from recstudio.tune.space import suggest
 
 if TYPE_CHECKING:
     from recstudio.config import ResolvedConfig
-    from recstudio.tune.study import TuneSettings
+    from recstudio.tune.settings import TuneSettings
 
 log = logging.getLogger("recstudio.tune")
 

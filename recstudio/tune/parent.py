@@ -1,0 +1,201 @@
+"""The study's MLflow parent run, and the callback that keeps it up to date as trials finish.
+
+Optuna and MLflow each hold half of a study (trials and their values; runs, metrics and
+artifacts). This module is the MLflow half above the trials: one parent run per study, found
+again on resume through the study's user attrs, carrying the search space, the best trial so
+far and the trial counts. (Trial runs themselves are ``objective.ChildRuns``.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from recstudio.tune.results import state_counts
+from recstudio.tune.settings import TuneSettings
+from recstudio.tune.space import describe
+from recstudio.tune.storage import redact
+from recstudio.tune.study import ATTR_PARENT_RUN, ATTR_TRACKING_URI
+
+log = logging.getLogger("recstudio.tune")
+
+
+class ParentRun:
+    """The study's MLflow parent run: study facts, best trial so far, plots.
+
+    Its id is stored in the study's user attrs, so a resumed study (or another invocation on
+    the same storage) keeps logging under the same parent.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, run_id: str) -> None:
+        from recstudio.track.tracker import mlflow_client
+
+        self.client = mlflow_client(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, study: optuna.Study, settings: TuneSettings) -> ParentRun:
+        from recstudio.track.tracker import Tracker
+
+        uri = settings.tracking_uri or ""
+        attrs = study.user_attrs
+        run_id = attrs.get(ATTR_PARENT_RUN) if attrs.get(ATTR_TRACKING_URI) == uri else None
+        if run_id:
+            parent = cls(uri, settings.experiment, run_id)
+            try:
+                parent.client.get_run(run_id)
+                parent.client.update_run(run_id, status="RUNNING")
+                parent.set_tags(parent.study_tags(settings))
+                return parent
+            except Exception:
+                log.warning(
+                    "MLflow parent run %s of study '%s' is gone; opening a new one", run_id, study.study_name
+                )
+        tags = {
+            "recstudio.tune.role": "study",
+            "model": settings.model,
+            "dataset": settings.dataset,
+        }
+        tracker = Tracker(
+            uri, experiment=settings.experiment, run_name=f"study-{study.study_name}", tags=tags
+        )
+        parent = cls(uri, settings.experiment, tracker.run_id)
+        parent.set_tags({**parent.study_tags(settings), "optuna.study_id": str(study._study_id)})
+        winner = parent.settle_parent(tracker.experiment_id, study)
+        if winner != tracker.run_id:
+            parent.run_id = winner
+            study.set_user_attr(ATTR_PARENT_RUN, winner)
+            study.set_user_attr(ATTR_TRACKING_URI, uri)
+            return parent
+        try:
+            params = {f"space.{k}": v for k, v in describe(settings.space).items()}
+            params.update(
+                {
+                    "study": study.study_name,
+                    "metric": settings.metric,
+                    "direction": "maximize",
+                }
+            )
+            tracker.log_params(params)
+            tracker.log_text(_yaml(settings.space), "search_space.yaml")
+            tracker.log_text(_yaml(settings.base_config), "base_config.yaml")
+        except Exception:
+            log.exception("could not log the study's parameters on its MLflow parent run")
+        study.set_user_attr(ATTR_PARENT_RUN, tracker.run_id)
+        study.set_user_attr(ATTR_TRACKING_URI, uri)
+        return parent
+
+    def settle_parent(self, experiment_id: str, study: optuna.Study) -> str:
+        """The one parent run of ``study`` when several invocations opened one at once.
+
+        Two ``recstudio tune`` commands starting the same new study at the same moment both
+        find no parent id in the study and both open a run. Each then lists the study's
+        parent runs (same study name, storage and study id); all agree that the oldest (start
+        time, then run id) is the parent, and every other one deletes its own run.
+        """
+        wanted = {
+            "recstudio.tune.role": "study",
+            "optuna.study": study.study_name,
+            "optuna.storage": self.client.get_run(self.run_id).data.tags.get("optuna.storage", ""),
+            "optuna.study_id": str(study._study_id),
+        }
+        runs = self.client.search_runs(
+            [experiment_id], filter_string="tags.`recstudio.tune.role` = 'study'", max_results=1000
+        )
+        mine = [r for r in runs if all(r.data.tags.get(k) == v for k, v in wanted.items())]
+        if not mine:
+            return self.run_id
+        oldest = min(mine, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if oldest != self.run_id:
+            log.info(
+                "study '%s' already has MLflow parent run %s; dropping %s",
+                study.study_name,
+                oldest,
+                self.run_id,
+            )
+            self.client.delete_run(self.run_id)
+        return oldest
+
+    @staticmethod
+    def study_tags(settings: TuneSettings) -> dict[str, str]:
+        return {
+            "optuna.study": settings.study_name,
+            "optuna.storage": redact(settings.storage),
+            "optuna.sampler": settings.sampler,
+            "optuna.pruner": settings.pruner,
+            "metric": settings.metric,
+        }
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def record_best(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+        try:
+            best = study.best_trial
+        except ValueError:  # no completed trial yet
+            return None
+        tags = {
+            "best.value": repr(best.value),
+            "best.trial": best.number,
+            "best.run_id": best.user_attrs.get("mlflow_run_id", ""),
+            "best.params": json.dumps(best.user_attrs.get("overrides", best.params), default=str),
+        }
+        for key, value in (best.user_attrs.get("overrides") or best.params).items():
+            tags[f"best.param.{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
+        self.set_tags(tags)
+        return best
+
+    def record_counts(self, study: optuna.Study, step: int) -> dict[str, int]:
+        counts = state_counts(study.get_trials(deepcopy=False))
+        self.log_metrics({f"trials_{k.lower()}": float(v) for k, v in counts.items()}, step=step)
+        return counts
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class TrialRecorder:
+    """Optuna callback (runs after each trial, in the worker): the parent run follows the study."""
+
+    def __init__(self, parent: ParentRun | None) -> None:
+        self.parent = parent
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.parent is None:
+            return
+        try:
+            if trial.state == TrialState.COMPLETE and trial.value is not None:
+                metrics = {"trial_value": trial.value}
+                best = study.best_trial
+                if best.number == trial.number:
+                    self.parent.record_best(study)
+                metrics["best_value"] = best.value
+                self.parent.log_metrics(metrics, step=trial.number)
+        except Exception:
+            log.exception("could not update the MLflow parent run after trial %d", trial.number)
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
