@@ -9,6 +9,21 @@ popular within and across clusters, so a popularity ranker is near random.
 Splits are chronological leave-one-out (last item test, second last validation), which suits
 every model family. Users and items carry features (cluster segment, item group, tags) so
 feature-based models have fields to use.
+
+Optional relation parts carry the same cluster structure (``planted_data(kg=True, social=True,
+labels=True)``; all False gives exactly the default data):
+
+- ``kg``: item i is entity i; every item ``belongs_to`` its cluster's entity and
+  ``has_attribute`` one of its cluster's attribute entities, each attribute is ``part_of`` its
+  cluster entity (cluster and attribute entities are not items), plus ``related`` noise triples
+  between random item entities and random entities.
+- ``social``: each user names a few friends, mostly (``social_homophily``) from its own cluster;
+  undirected, stored in both directions, no self-loops.
+- ``labels``: the walk rows are label 1; each user gets as many label-0 rows on items outside
+  its cluster (never one of its positives). Positives and negatives are each split by the same
+  leave-one-out rule (so the positives' split is today's, and valid/test hold one positive and
+  one negative per user with at least three rows of each); one uninformative context field
+  ``slot`` (codes 1..3) is added.
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ from typing import Any
 
 import torch
 
-from recstudio.data.dataset import FeatureTable, Interactions, PreparedData
+from recstudio.data.dataset import FeatureTable, Interactions, KnowledgeGraph, PreparedData, SocialGraph
 
 
 def planted_data(
@@ -28,8 +43,17 @@ def planted_data(
     max_len: int = 24,
     noise: float = 0.05,
     seed: int = 0,
+    kg: bool = False,
+    social: bool = False,
+    labels: bool = False,
+    kg_noise: float = 0.1,
+    friends_per_user: int = 4,
+    social_homophily: float = 0.9,
 ) -> PreparedData:
-    """Build a small PreparedData with planted cluster and sequence structure (ids from 1)."""
+    """Build a small PreparedData with planted cluster and sequence structure (ids from 1).
+
+    ``kg``, ``social`` and ``labels`` add the relation parts and labels described in the module
+    docstring (drawn from their own random stream, so the interactions stay the same)."""
     g = torch.Generator().manual_seed(seed)
     items_per_cluster = num_items // num_clusters
     cluster_of_user = torch.arange(num_users) % num_clusters
@@ -63,13 +87,7 @@ def planted_data(
     order = order[torch.argsort(user[order], stable=True)]
     user, item, time = user[order], item[order], time[order]
 
-    # leave-one-out: rank of each row from the end of its user's block
-    counts = torch.bincount(user, minlength=num_users + 1)
-    ends = torch.cumsum(counts, 0)[user]
-    from_end = ends - torch.arange(user.numel()) - 1
-    split = torch.zeros_like(user)
-    split[from_end == 1] = 1
-    split[from_end == 0] = 2
+    split = _leave_one_out(user, num_users)
     parts = []
     for s in range(3):
         m = split == s
@@ -85,6 +103,12 @@ def planted_data(
     tags[1:, 2] = 1.0
     user_segment = torch.zeros(num_users + 1, dtype=torch.long)
     user_segment[1:] = cluster_of_user + 1
+    extra_g = torch.Generator().manual_seed(seed + 7919)  # the extras' own stream
+    context_cardinality: dict[str, int] = {}
+    if labels:
+        parts = _planted_labels(parts, user, item, item_group, user_segment, num_clusters, extra_g)
+        context_cardinality = {"slot": 4}
+    flags = [name for name, on in (("kg", kg), ("social", social), ("labels", labels)) if on]
     return PreparedData(
         name="planted",
         num_users=num_users + 1,
@@ -102,8 +126,147 @@ def planted_data(
             cardinality={"group": num_clusters + 1},
             multi_hot={"tags": tags},
         ),
-        manifest={"key": f"planted-{seed}", "name": "planted", "split": "loo"},
+        manifest={"key": "-".join([f"planted-{seed}", *flags]), "name": "planted", "split": "loo"},
+        kg=_planted_kg(item_group, num_clusters, kg_noise, extra_g) if kg else None,
+        social=(
+            _planted_social(cluster_of_user, num_clusters, friends_per_user, social_homophily, extra_g)
+            if social
+            else None
+        ),
+        context_cardinality=context_cardinality,
     )
+
+
+def _leave_one_out(user: torch.Tensor, num_users: int) -> torch.Tensor:
+    """0/1/2 per row of user-sorted rows: the last row of each user test, the second last valid."""
+    counts = torch.bincount(user, minlength=num_users + 1)
+    ends = torch.cumsum(counts, 0)[user]
+    from_end = ends - torch.arange(user.numel()) - 1
+    split = torch.zeros_like(user)
+    split[from_end == 1] = 1
+    split[from_end == 0] = 2
+    return split
+
+
+def _planted_labels(
+    parts: list[Interactions],
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_group: torch.Tensor,
+    user_segment: torch.Tensor,
+    num_clusters: int,
+    g: torch.Generator,
+) -> list[Interactions]:
+    """Add label-0 rows on out-of-cluster items (as many per user as positives), split them by
+    leave-one-out among themselves, and merge them into the positive splits (label 1)."""
+    num_users, num_items = user_segment.numel() - 1, item_group.numel() - 1
+    n_pos = torch.bincount(user, minlength=num_users + 1)
+    # per user, a random order of the items; own-cluster items and positives go last
+    keys = torch.rand(num_users + 1, num_items + 1, generator=g)
+    blocked = item_group[None, :] == user_segment[:, None]
+    blocked[:, 0] = True
+    blocked[user, item] = True
+    keys[blocked] = 2.0
+    order = torch.argsort(keys, dim=1)
+    available = (~blocked).sum(1)
+    n_neg = torch.minimum(n_pos, available)
+    rank = torch.arange(num_items + 1)[None, :].expand_as(order)
+    take = rank < n_neg[:, None]
+    neg_user = torch.arange(num_users + 1)[:, None].expand_as(order)[take]
+    neg_item = order[take]
+    neg_time = rank[take].double() + 0.5  # interleaved with the positives' steps
+    split = _leave_one_out(neg_user, num_users)
+    slot_g = torch.randint(1, 4, (user.numel() + neg_user.numel(),), generator=g)
+    out, offset = [], 0
+    for s, pos in enumerate(parts):
+        m = split == s
+        n_p, n_n = len(pos), int(m.sum())
+        merged = Interactions(
+            torch.cat([pos.user, neg_user[m]]),
+            torch.cat([pos.item, neg_item[m]]),
+            torch.cat([pos.rating, torch.zeros(n_n)]),
+            torch.cat([pos.time, neg_time[m]]),
+            torch.cat([torch.ones(n_p), torch.zeros(n_n)]),
+            {"slot": slot_g[offset : offset + n_p + n_n]},
+        )
+        offset += n_p + n_n
+        out.append(Interactions.concat([merged]))  # restores (user, time) order
+    return out
+
+
+def _planted_kg(
+    item_group: torch.Tensor, num_clusters: int, kg_noise: float, g: torch.Generator
+) -> KnowledgeGraph:
+    """Items are entities 1..I; cluster entities and per-cluster attribute entities follow."""
+    num_items = item_group.numel() - 1
+    attrs_per_cluster = 3
+    items = torch.arange(1, num_items + 1)
+    cluster = item_group[1:]  # 1..C
+    cluster_entity = num_items + cluster
+    first_attr = num_items + num_clusters + 1
+    attr_of = first_attr + (cluster - 1) * attrs_per_cluster
+    item_attr = attr_of + torch.randint(0, attrs_per_cluster, (num_items,), generator=g)
+    attrs = torch.arange(first_attr, first_attr + num_clusters * attrs_per_cluster)
+    attr_cluster = num_items + 1 + (attrs - first_attr) // attrs_per_cluster
+    num_entities = int(attrs[-1]) + 1
+    n_noise = int(round(kg_noise * num_items))
+    noise_head = torch.randint(1, num_items + 1, (n_noise,), generator=g)
+    noise_tail = torch.randint(1, num_entities, (n_noise,), generator=g)
+    head = torch.cat([items, items, attrs, noise_head])
+    relation = torch.cat(
+        [
+            torch.full((num_items,), 1),
+            torch.full((num_items,), 2),
+            torch.full((attrs.numel(),), 3),
+            torch.full((n_noise,), 4),
+        ]
+    )
+    tail = torch.cat([cluster_entity, item_attr, attr_cluster, noise_tail])
+    key = (head * 5 + relation) * num_entities + tail
+    keep = (head != tail) & _first_occurrence(key)
+    entity_vocab: list[Any] = [None, *(f"item:{i}" for i in range(1, num_items + 1))]
+    entity_vocab += [f"cluster:{c}" for c in range(1, num_clusters + 1)]
+    entity_vocab += [f"attr:{c}:{k}" for c in range(1, num_clusters + 1) for k in range(attrs_per_cluster)]
+    item_entity = torch.arange(num_items + 1)
+    return KnowledgeGraph(
+        head=head[keep],
+        relation=relation[keep],
+        tail=tail[keep],
+        num_entities=num_entities,
+        num_relations=5,
+        item_entity=item_entity,
+        entity_vocab=entity_vocab,
+        relation_vocab=[None, "belongs_to", "has_attribute", "part_of", "related"],
+    )
+
+
+def _planted_social(
+    cluster_of_user: torch.Tensor, num_clusters: int, per_user: int, homophily: float, g: torch.Generator
+) -> SocialGraph:
+    """Each user names ``per_user`` friends, from its own cluster with probability ``homophily``."""
+    num_users = cluster_of_user.numel()
+    source = torch.arange(num_users).repeat_interleave(per_user)
+    own = cluster_of_user[source]
+    members = (num_users - own + num_clusters - 1) // num_clusters  # users with id % C == cluster
+    same = own + num_clusters * (torch.rand(source.numel(), generator=g) * members).long()
+    anyone = torch.randint(0, num_users, (source.numel(),), generator=g)
+    target = torch.where(torch.rand(source.numel(), generator=g) < homophily, same, anyone)
+    a, b = torch.minimum(source, target) + 1, torch.maximum(source, target) + 1
+    keep = (a != b) & _first_occurrence(a * (num_users + 1) + b)
+    a, b = a[keep], b[keep]
+    src, tgt = torch.cat([a, b]), torch.cat([b, a])
+    order = torch.argsort(src * (num_users + 1) + tgt)
+    return SocialGraph(src[order], tgt[order], torch.ones(src.numel()), directed=False)
+
+
+def _first_occurrence(key: torch.Tensor) -> torch.Tensor:
+    """Mask keeping the first row of each distinct key."""
+    order = torch.argsort(key, stable=True)
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = torch.zeros_like(first)
+    keep[order[first]] = True
+    return keep
 
 
 def popularity_metrics(
