@@ -65,11 +65,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import optuna
 
     from recstudio.cli import setup_logging
-    from recstudio.commands.tune import build_settings
     from recstudio.tune import objective as objective_mod
     from recstudio.tune import plots as plots_mod
     from recstudio.tune import runner as runner_mod
     from recstudio.tune.parent import ParentRun, TrialRecorder
+    from recstudio.tune.settings import build_settings
 
     setup_logging(quiet=True)
     timers = Timers()

@@ -208,7 +208,7 @@ def test_data_parameters_get_their_own_cache_entries(
 
 
 def test_tune_section_of_an_experiment_file_and_pinned_keys(spec: Path, workdir: Path) -> None:
-    from recstudio.commands.tune import build_settings, split_tune_sections
+    from recstudio.tune.settings import build_settings, split_tune_sections
 
     (workdir / "exp.yaml").write_text(
         "model: {name: BPR}\n"
@@ -305,7 +305,7 @@ def test_best_of_an_unknown_study(spec: Path, workdir: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")))
 def test_ready_study_configs_are_valid(path: Path, tmp_path: Path) -> None:
-    from recstudio.commands.tune import build_settings, split_tune_sections
+    from recstudio.tune.settings import build_settings, split_tune_sections
 
     files, section = split_tune_sections((str(path),), tmp_path)
     if not section:
@@ -338,7 +338,7 @@ def test_ready_study_configs_are_valid(path: Path, tmp_path: Path) -> None:
 def test_default_pruner_follows_the_sampler(
     spec: Path, workdir: Path, sampler: str | None, pruner: str | None, expected: str
 ) -> None:
-    from recstudio.commands.tune import build_settings
+    from recstudio.tune.settings import build_settings
 
     settings = build_settings(
         model="BPR",

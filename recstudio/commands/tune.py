@@ -1,9 +1,10 @@
 """``recstudio tune``, ``recstudio studies`` and ``recstudio best``: Optuna studies from the CLI.
 
-``tune`` shares ``run``'s flags and config resolution (``common_run_options``,
-``config_flags``, ``resolve_from_cli``), so a trial and ``recstudio run`` with the same
-values are the same experiment. What ``--set``/flags fix is not tuned; ``--config`` files are
-the base that the search space varies.
+Only the command line lives here: options, calls into ``recstudio.tune`` and printing.
+``tune`` shares ``run``'s flags (``common_run_options``, ``config_flags``) and its config
+resolution (``recstudio.tune.settings.build_settings``), so a trial and ``recstudio run`` with
+the same values are the same experiment. What ``--set``/flags fix is not tuned; ``--config``
+files are the base that the search space varies.
 
 An experiment file may carry a ``tune:`` section (trials, timeout, sampler, pruner, metric,
 workers, search_space, ...); command-line options win over it.
@@ -12,7 +13,6 @@ workers, search_space, ...); command-line options win over it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import logging
 import sys
@@ -23,105 +23,13 @@ from typing import Any
 import click
 
 from recstudio.commands.options import config_flags
-from recstudio.commands.run import build_overrides, common_run_options, parse_devices, resolve_from_cli
+from recstudio.commands.run import common_run_options, parse_devices
+from recstudio.tune.strategies import PRUNERS, SAMPLERS
 
 log = logging.getLogger("recstudio.tune")
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
-PRUNERS = ("median", "hyperband", "successive-halving", "none")
-TUNE_KEYS = (
-    "trials",
-    "timeout",
-    "study_name",
-    "storage",
-    "sampler",
-    "pruner",
-    "metric",
-    "workers",
-    "seed",
-    "search_space",
-    "heartbeat_interval",
-    "baseline",
-)
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-def default_pruner(sampler: str | None) -> str:
-    """Hyperband for model-based samplers, median for random search: the pairs Optuna's own
-    benchmarks found best ("Which Sampler and Pruner Should be Used?", Optuna tutorial 003).
-    With NCF on ml-100k, the median pruner's 5 full start-up trials took most of the budget;
-    Hyperband ran 50 trials in 11-22 minutes (benchmarks/README.md)."""
-    return "median" if sampler == "random" else "hyperband"
-
-
-def split_tune_sections(config_files: tuple[str, ...], workdir: Path) -> tuple[list[str], dict[str, Any]]:
-    """Take the ``tune:`` section out of experiment files (later files win).
-
-    ``config.resolve`` knows only the run sections; files with a ``tune:`` section are passed
-    on as copies without it (written to ``workdir``).
-    """
-    import yaml
-
-    from recstudio.config import load_yaml
-    from recstudio.errors import ConfigError
-
-    files: list[str] = []
-    section: dict[str, Any] = {}
-    for i, path in enumerate(config_files):
-        content = load_yaml(path)
-        tune = content.pop("tune", None)
-        if tune is None:
-            files.append(path)
-            continue
-        if not isinstance(tune, dict):
-            raise ConfigError(f"config file '{path}': 'tune' must be a mapping, got {tune!r}")
-        for key in tune:
-            if key not in TUNE_KEYS:
-                close = difflib.get_close_matches(key, TUNE_KEYS, n=1)
-                hint = f" (did you mean 'tune.{close[0]}'?)" if close else ""
-                raise ConfigError(f"config file '{path}': unknown key 'tune.{key}'{hint}")
-        section.update(tune)
-        if isinstance(content.get("dataset"), str):
-            content["dataset"] = _absolute_spec(content["dataset"], Path(path).parent)
-        copy = workdir / f"{i}-{Path(path).name}"
-        copy.write_text(yaml.safe_dump(content, sort_keys=False))
-        files.append(str(copy))
-    return files, section
-
-
-def _absolute_spec(dataset: str, base: Path) -> str:
-    """A dataset given as a spec file path, made absolute (exports and workers elsewhere find it)."""
-    for candidate in (Path(dataset), base / dataset):
-        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
-            return str(candidate.resolve())
-    return dataset
-
-
-def _named(value: Any, what: str, choices: tuple[str, ...]) -> tuple[str | None, dict[str, Any]]:
-    """``"tpe"`` or ``{name: tpe, n_startup_trials: 5}`` -> (name, options)."""
-    from recstudio.errors import ConfigError
-
-    if value is None:
-        return None, {}
-    if isinstance(value, str):
-        name, options = value, {}
-    elif isinstance(value, dict) and isinstance(value.get("name"), str):
-        options = dict(value)
-        name = options.pop("name")
-    else:
-        raise ConfigError(f"tune.{what} must be a name or a mapping with 'name', got {value!r}")
-    if name not in choices:
-        raise ConfigError(f"tune.{what}: unknown {what} '{name}'; expected one of {', '.join(choices)}")
-    return name, options
-
-
-def default_study_name(model: str, dataset: str) -> str:
-    name = Path(dataset).name
-    if name.endswith((".yaml", ".yml")):
-        name = Path(name).stem
-    return f"{model}-{name}"
+# --------------------------------------------------------------------------- printing
 
 
 def _format_value(value: Any) -> str:
@@ -236,6 +144,8 @@ def tune_command(
     """
     from recstudio.cli import setup_logging
     from recstudio.errors import TrainingError
+    from recstudio.tune.runner import run_study
+    from recstudio.tune.settings import build_settings, split_tune_sections
 
     setup_logging(quiet=quiet or as_json, verbose=verbose)
     with tempfile.TemporaryDirectory(prefix="recstudio-tune-") as tmp:
@@ -267,8 +177,6 @@ def tune_command(
     settings.quiet = quiet or as_json
     settings.verbose = verbose
 
-    from recstudio.tune.runner import run_study
-
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect:
         summary = run_study(settings)
@@ -284,111 +192,6 @@ def tune_command(
         raise TrainingError(f"every trial of this invocation failed ({mine['FAIL']}); see the errors above")
     if not sum(mine.values()):
         log.warning("no trial ran: the timeout elapsed first, or every grid point was already tried")
-
-
-def build_settings(
-    model: str | None,
-    dataset: str | None,
-    data_dir: str | None,
-    config_files: list[str],
-    set_items: tuple[str, ...],
-    config_flags: dict[str, Any],
-    section: dict[str, Any] | None = None,
-    trials: int | None = None,
-    timeout: float | None = None,
-    study_name: str | None = None,
-    storage: str | None = None,
-    sampler: str | None = None,
-    pruner: str | None = None,
-    metric: str | None = None,
-    search_space: str | None = None,
-    workers: int | None = None,
-    heartbeat_interval: int | None = None,
-    baseline: bool | None = None,
-) -> Any:
-    """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section)."""
-    from recstudio.errors import ConfigError
-    from recstudio.model.registry import get_model_class
-    from recstudio.tune.settings import DEFAULT_TRIALS, TuneSettings
-    from recstudio.tune.space import config_fields, load_search_space, normalize, pin, resolve_key
-    from recstudio.tune.storage import default_storage
-
-    section = dict(section or {})
-    flags = dict(config_flags)
-    metric = metric or section.get("metric")
-    if metric is not None:
-        monitor = flags.get("train.monitor")
-        if monitor is not None and monitor != metric:
-            raise ConfigError(
-                f"--metric {metric} and --monitor {monitor} disagree; the tuned metric is the monitor"
-            )
-        flags["train.monitor"] = metric
-    if dataset is not None:
-        dataset = _absolute_spec(dataset, Path.cwd())
-    cfg = resolve_from_cli(model, dataset, data_dir, tuple(config_files), set_items, flags)
-    cfg.dataset = _absolute_spec(cfg.dataset, Path.cwd())
-    model_cls = get_model_class(cfg.model_name)
-
-    if search_space is not None:
-        raw_space = load_search_space(search_space)
-    elif section.get("search_space") is not None:
-        raw_space = section["search_space"]
-    else:
-        raw_space = dict(model_cls.search_space)
-    space = normalize(raw_space, model_cls)
-    fields = config_fields(model_cls)
-    fixed = {}
-    for key, value in build_overrides(set_items, flags).items():
-        with contextlib.suppress(ConfigError):
-            fixed[resolve_key(key, fields)] = value
-    space, removed = pin(space, fixed)
-    if removed:
-        log.info("fixed on the command line, so not tuned: %s", ", ".join(removed))
-
-    sampler_name, sampler_options = _named(sampler or section.get("sampler") or "tpe", "sampler", SAMPLERS)
-    pruner_name, pruner_options = _named(
-        pruner or section.get("pruner") or default_pruner(sampler_name), "pruner", PRUNERS
-    )
-    if (
-        sampler is not None
-        and isinstance(section.get("sampler"), dict)
-        and section["sampler"].get("name") != sampler
-    ):
-        sampler_options = {}
-    if (
-        pruner is not None
-        and isinstance(section.get("pruner"), dict)
-        and section["pruner"].get("name") != pruner
-    ):
-        pruner_options = {}
-    seed = flags.get("train.seed", section.get("seed"))
-    trials = trials if trials is not None else section.get("trials")
-    timeout = timeout if timeout is not None else section.get("timeout")
-    if trials is None and timeout is None:
-        trials = DEFAULT_TRIALS
-    if heartbeat_interval is None:
-        heartbeat_interval = section.get("heartbeat_interval", 60)
-    return TuneSettings(
-        model=cfg.model_name,
-        dataset=cfg.dataset,
-        base_config=cfg.to_dict(),
-        space=space,
-        metric=cfg.train.monitor,
-        study_name=study_name or section.get("study_name") or default_study_name(cfg.model_name, cfg.dataset),
-        storage=storage or section.get("storage") or default_storage(),
-        trials=int(trials) if trials is not None else None,
-        timeout=float(timeout) if timeout is not None else None,
-        sampler=sampler_name or "tpe",
-        sampler_options=sampler_options,
-        pruner=pruner_name or default_pruner(sampler_name),
-        pruner_options=pruner_options,
-        seed=int(seed) if seed is not None else None,
-        workers=int(workers or section.get("workers") or 1),
-        heartbeat_interval=int(heartbeat_interval),
-        baseline=bool(baseline if baseline is not None else section.get("baseline", False)),
-        fixed=fixed,
-        data_dir=data_dir,
-    )
 
 
 def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
@@ -419,47 +222,6 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
 # --------------------------------------------------------------------------- studies
 
 
-def _open_storage(storage: str | None) -> tuple[str, Any]:
-    from recstudio.errors import ConfigError
-    from recstudio.tune.storage import default_storage, make_storage
-
-    url = storage or default_storage()
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        path = Path(url[len("sqlite:///") :])
-        if not path.is_file():
-            raise ConfigError(f"no Optuna storage at {path} (run `recstudio tune` first, or pass --storage)")
-    return url, make_storage(url, heartbeat_interval=None)
-
-
-def list_studies(storage: Any) -> list[dict[str, Any]]:
-    """Every study in ``storage``: facts, trial counts by state, best value."""
-    import optuna
-
-    from recstudio.tune.results import state_counts
-
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-        best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
-        rows.append(
-            {
-                "study": summary.study_name,
-                "model": study.user_attrs.get("model"),
-                "dataset": study.user_attrs.get("dataset"),
-                "metric": study.user_attrs.get("metric"),
-                "direction": study.direction.name.lower(),
-                "trials": state_counts(trials),
-                "best_value": best.value if best else None,
-                "best_trial": best.number if best else None,
-                "started": str(summary.datetime_start) if summary.datetime_start else None,
-                "parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
-            }
-        )
-    return rows
-
-
 @click.command("studies")
 @click.option(
     "--storage", help="Optuna RDB URL (default $RECSTUDIO_OPTUNA_STORAGE, else sqlite:///./optuna.db)."
@@ -467,9 +229,10 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def studies_command(storage: str | None, as_json: bool) -> None:
     """List the studies in an Optuna storage: trials by state and best value."""
-    from recstudio.tune.storage import redact
+    from recstudio.tune.results import list_studies
+    from recstudio.tune.storage import open_existing, redact
 
-    url, store = _open_storage(storage)
+    url, store = open_existing(storage)
     rows = list_studies(store)
     if as_json:
         click.echo(json.dumps(rows, default=str))
@@ -493,54 +256,6 @@ def studies_command(storage: str | None, as_json: bool) -> None:
 # --------------------------------------------------------------------------- best
 
 
-def best_trial(storage: Any, study_name: str) -> tuple[Any, Any]:
-    """(study, best completed trial) or a ConfigError naming what is missing."""
-    import optuna
-
-    from recstudio.errors import ConfigError
-
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        close = difflib.get_close_matches(study_name, names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(
-            f"no study named '{study_name}' in this storage{hint}; `recstudio studies` lists them"
-        )
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    complete = [
-        t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
-    ]
-    if not complete:
-        raise ConfigError(f"study '{study_name}' has no completed trial yet")
-    return study, max(complete, key=lambda t: (t.value, -t.number))
-
-
-def export_config(study: Any, trial: Any, path: str | Path) -> Path:
-    """Write the trial's full resolved config as YAML that ``recstudio run --config`` reproduces."""
-    import yaml
-
-    from recstudio.errors import ConfigError
-
-    config = trial.user_attrs.get("config")
-    if not isinstance(config, dict):
-        raise ConfigError(
-            f"trial {trial.number} of study '{study.study_name}' has no recorded config "
-            "(it was not run by recstudio tune)"
-        )
-    metric = study.user_attrs.get("metric", "value")
-    run_id = trial.user_attrs.get("mlflow_run_id") or "-"
-    header = (
-        f"# Best trial {trial.number} of Optuna study '{study.study_name}': {metric} = {trial.value:.6g} "
-        "(validation).\n"
-        f"# MLflow run {run_id}. The full resolved config; reproduce with:\n"
-        f"#   recstudio run --config {Path(path).name}\n"
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 @click.command("best")
 @click.argument("study_name", metavar="STUDY")
 @click.option(
@@ -555,9 +270,10 @@ def export_config(study: Any, trial: Any, path: str | Path) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def best_command(study_name: str, storage: str | None, export: str | None, as_json: bool) -> None:
     """Show a study's best trial: value, params, MLflow run id; optionally export its config."""
-    from recstudio.tune.results import trial_summary
+    from recstudio.tune.results import best_trial, export_config, trial_summary
+    from recstudio.tune.storage import open_existing
 
-    _, store = _open_storage(storage)
+    _, store = open_existing(storage)
     study, trial = best_trial(store, study_name)
     info = trial_summary(trial)
     info["study"] = study.study_name

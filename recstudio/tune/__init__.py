@@ -1,6 +1,6 @@
 """Hyperparameter tuning: Optuna studies whose trials are ``pipeline.run`` calls.
 
-- ``settings``: ``TuneSettings``;
+- ``settings``: ``TuneSettings`` and building them from CLI values and ``tune:`` sections;
 - ``space``: search spaces as data (validation against the config schema, NNI conversion,
   ``suggest(trial, space)``);
 - ``strategies``: samplers and pruners by name, their defaults and seeds;
@@ -11,7 +11,7 @@
 - ``parent``: the study's MLflow parent run and the callback that updates it after each trial;
 - ``workers``: the trial budget, one worker's trial loop, worker processes and their GPUs;
 - ``runner``: ``run_study``, one invocation from checks to summary;
-- ``results``: summaries and trial counts;
+- ``results``: summaries, the best trial, ``list_studies``, ``export_config``;
 - ``plots``: study plots as HTML artifacts.
 
 Names are imported lazily (Optuna, MLflow and Lightning are heavy), so ``import recstudio.tune``
@@ -26,7 +26,11 @@ from typing import Any
 __all__ = [
     "PruningCallback",
     "TuneSettings",
+    "best_trial",
+    "build_settings",
+    "export_config",
     "from_nni",
+    "list_studies",
     "load_search_space",
     "normalize",
     "run_study",
@@ -36,7 +40,11 @@ __all__ = [
 _LAZY = {
     "PruningCallback": "recstudio.tune.pruning",
     "TuneSettings": "recstudio.tune.settings",
+    "build_settings": "recstudio.tune.settings",
     "run_study": "recstudio.tune.runner",
+    "best_trial": "recstudio.tune.results",
+    "export_config": "recstudio.tune.results",
+    "list_studies": "recstudio.tune.results",
     "from_nni": "recstudio.tune.space",
     "load_search_space": "recstudio.tune.space",
     "normalize": "recstudio.tune.space",

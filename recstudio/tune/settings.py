@@ -1,17 +1,44 @@
-"""What one invocation of a study runs: ``TuneSettings``.
+"""What one invocation of a study runs: ``TuneSettings``, and building them from the command line
+and the ``tune:`` section of experiment files.
 
 The settings are the single value passed from the command line (or a notebook) to the study
-and on to every spawned worker, so they are a plain picklable dataclass.
+and on to every spawned worker, so they are a plain picklable dataclass. ``build_settings``
+resolves the fixed part of every trial exactly as ``recstudio run`` resolves a run (the same
+function), then the search space, sampler, pruner and budget; command-line values win over the
+``tune:`` section.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from recstudio.errors import ConfigError
 from recstudio.tune.space import SearchSpace
+from recstudio.tune.strategies import PRUNERS, SAMPLERS, default_pruner
+
+log = logging.getLogger("recstudio.tune")
 
 DEFAULT_TRIALS = 20
+TUNE_KEYS = (
+    "trials",
+    "timeout",
+    "study_name",
+    "storage",
+    "sampler",
+    "pruner",
+    "metric",
+    "workers",
+    "seed",
+    "search_space",
+    "heartbeat_interval",
+    "baseline",
+)
+"""The keys a ``tune:`` section may hold."""
 
 
 @dataclass
@@ -57,3 +84,179 @@ class TuneSettings:
     verbose: bool = False
     data: Any = None
     """An in-memory PreparedData used instead of the dataset spec (tests, notebooks)."""
+
+
+def split_tune_sections(config_files: tuple[str, ...], workdir: Path) -> tuple[list[str], dict[str, Any]]:
+    """Take the ``tune:`` section out of experiment files (later files win).
+
+    ``config.resolve`` knows only the run sections; files with a ``tune:`` section are passed
+    on as copies without it (written to ``workdir``).
+    """
+    import yaml
+
+    from recstudio.config import load_yaml
+
+    files: list[str] = []
+    section: dict[str, Any] = {}
+    for i, path in enumerate(config_files):
+        content = load_yaml(path)
+        tune = content.pop("tune", None)
+        if tune is None:
+            files.append(path)
+            continue
+        if not isinstance(tune, dict):
+            raise ConfigError(f"config file '{path}': 'tune' must be a mapping, got {tune!r}")
+        for key in tune:
+            if key not in TUNE_KEYS:
+                close = difflib.get_close_matches(key, TUNE_KEYS, n=1)
+                hint = f" (did you mean 'tune.{close[0]}'?)" if close else ""
+                raise ConfigError(f"config file '{path}': unknown key 'tune.{key}'{hint}")
+        section.update(tune)
+        if isinstance(content.get("dataset"), str):
+            content["dataset"] = absolute_spec(content["dataset"], Path(path).parent)
+        copy = workdir / f"{i}-{Path(path).name}"
+        copy.write_text(yaml.safe_dump(content, sort_keys=False))
+        files.append(str(copy))
+    return files, section
+
+
+def absolute_spec(dataset: str, base: Path) -> str:
+    """A dataset given as a spec file path, made absolute (exports and workers elsewhere find it)."""
+    for candidate in (Path(dataset), base / dataset):
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return str(candidate.resolve())
+    return dataset
+
+
+def named(value: Any, what: str, choices: tuple[str, ...]) -> tuple[str | None, dict[str, Any]]:
+    """``"tpe"`` or ``{name: tpe, n_startup_trials: 5}`` -> (name, options)."""
+    if value is None:
+        return None, {}
+    if isinstance(value, str):
+        name, options = value, {}
+    elif isinstance(value, dict) and isinstance(value.get("name"), str):
+        options = dict(value)
+        name = options.pop("name")
+    else:
+        raise ConfigError(f"tune.{what} must be a name or a mapping with 'name', got {value!r}")
+    if name not in choices:
+        raise ConfigError(f"tune.{what}: unknown {what} '{name}'; expected one of {', '.join(choices)}")
+    return name, options
+
+
+def default_study_name(model: str, dataset: str) -> str:
+    """``MODEL-DATASET``; a dataset given as a spec path contributes its file stem."""
+    name = Path(dataset).name
+    if name.endswith((".yaml", ".yml")):
+        name = Path(name).stem
+    return f"{model}-{name}"
+
+
+def build_settings(
+    model: str | None,
+    dataset: str | None,
+    data_dir: str | None,
+    config_files: list[str],
+    set_items: tuple[str, ...],
+    config_flags: dict[str, Any],
+    section: dict[str, Any] | None = None,
+    trials: int | None = None,
+    timeout: float | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    metric: str | None = None,
+    search_space: str | None = None,
+    workers: int | None = None,
+    heartbeat_interval: int | None = None,
+    baseline: bool | None = None,
+) -> TuneSettings:
+    """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section).
+
+    ``set_items`` are ``--set KEY=VALUE`` strings and ``config_flags`` the values of the
+    dedicated flags (``{"train.epochs": 20}``), as ``recstudio run`` takes them.
+    """
+    # the config is resolved by the very function `recstudio run` uses, so that a trial and a
+    # run with the same values are the same experiment
+    from recstudio.commands.run import build_overrides, resolve_from_cli
+    from recstudio.model.registry import get_model_class
+    from recstudio.tune.space import config_fields, load_search_space, normalize, pin, resolve_key
+    from recstudio.tune.storage import default_storage
+
+    section = dict(section or {})
+    flags = dict(config_flags)
+    metric = metric or section.get("metric")
+    if metric is not None:
+        monitor = flags.get("train.monitor")
+        if monitor is not None and monitor != metric:
+            raise ConfigError(
+                f"--metric {metric} and --monitor {monitor} disagree; the tuned metric is the monitor"
+            )
+        flags["train.monitor"] = metric
+    if dataset is not None:
+        dataset = absolute_spec(dataset, Path.cwd())
+    cfg = resolve_from_cli(model, dataset, data_dir, tuple(config_files), set_items, flags)
+    cfg.dataset = absolute_spec(cfg.dataset, Path.cwd())
+    model_cls = get_model_class(cfg.model_name)
+
+    if search_space is not None:
+        raw_space = load_search_space(search_space)
+    elif section.get("search_space") is not None:
+        raw_space = section["search_space"]
+    else:
+        raw_space = dict(model_cls.search_space)
+    space = normalize(raw_space, model_cls)
+    fields = config_fields(model_cls)
+    fixed = {}
+    for key, value in build_overrides(set_items, flags).items():
+        with contextlib.suppress(ConfigError):
+            fixed[resolve_key(key, fields)] = value
+    space, removed = pin(space, fixed)
+    if removed:
+        log.info("fixed on the command line, so not tuned: %s", ", ".join(removed))
+
+    sampler_name, sampler_options = named(sampler or section.get("sampler") or "tpe", "sampler", SAMPLERS)
+    pruner_name, pruner_options = named(
+        pruner or section.get("pruner") or default_pruner(sampler_name), "pruner", PRUNERS
+    )
+    if (
+        sampler is not None
+        and isinstance(section.get("sampler"), dict)
+        and section["sampler"].get("name") != sampler
+    ):
+        sampler_options = {}
+    if (
+        pruner is not None
+        and isinstance(section.get("pruner"), dict)
+        and section["pruner"].get("name") != pruner
+    ):
+        pruner_options = {}
+    seed = flags.get("train.seed", section.get("seed"))
+    trials = trials if trials is not None else section.get("trials")
+    timeout = timeout if timeout is not None else section.get("timeout")
+    if trials is None and timeout is None:
+        trials = DEFAULT_TRIALS
+    if heartbeat_interval is None:
+        heartbeat_interval = section.get("heartbeat_interval", 60)
+    return TuneSettings(
+        model=cfg.model_name,
+        dataset=cfg.dataset,
+        base_config=cfg.to_dict(),
+        space=space,
+        metric=cfg.train.monitor,
+        study_name=study_name or section.get("study_name") or default_study_name(cfg.model_name, cfg.dataset),
+        storage=storage or section.get("storage") or default_storage(),
+        trials=int(trials) if trials is not None else None,
+        timeout=float(timeout) if timeout is not None else None,
+        sampler=sampler_name or "tpe",
+        sampler_options=sampler_options,
+        pruner=pruner_name or default_pruner(sampler_name),
+        pruner_options=pruner_options,
+        seed=int(seed) if seed is not None else None,
+        workers=int(workers or section.get("workers") or 1),
+        heartbeat_interval=int(heartbeat_interval),
+        baseline=bool(baseline if baseline is not None else section.get("baseline", False)),
+        fixed=fixed,
+        data_dir=data_dir,
+    )
