@@ -122,3 +122,46 @@ def test_ml1m_builtin_spec_on_real_side_files(tmp_path: Path, monkeypatch: pytes
     assert data.item_features.categorical["release_year"][1:].min() >= 1  # every title has a year
     assert data.user_features.cardinality["gender"] == 3 and data.user_features.cardinality["age"] == 8
     assert data.manifest["raw_files"]["movies.dat"]["path"] == str(root / "ml-1m" / "movies.dat")
+
+
+def test_ml100k_knowledge_graph_and_labels(tmp_path: Path) -> None:
+    root = _need("ml-100k-recbole", "ml-100k.kg")
+    _need("ml-100k", "u.data")
+    cfg = DataConfig(label="rating >= 4")
+    data = prepare("ml-100k", cfg, data_dir=root, cache_dir=tmp_path, parts=("kg",))
+    kg = data.kg
+    assert (len(kg), kg.num_entities - 1, kg.num_relations - 1) == (91_631, 34_628, 24)
+    assert kg.summary()["linked_items"] == 1_598  # every link names a rated movie
+    assert kg.entity_vocab[-1].startswith("m.") and kg.relation_vocab[1].startswith("film.")  # Freebase ids
+    rows = len(data.train) + len(data.valid) + len(data.test)
+    assert rows == 100_000 and data.labelled
+    share = float(torch.cat([data.train.label, data.valid.label, data.test.label]).mean())
+    assert abs(share - 0.55375) < 1e-6  # 55,375 ratings of 4 or 5
+    hit = prepare("ml-100k", cfg, data_dir=root, cache_dir=tmp_path, parts=("kg",))
+    assert hit.manifest["cache_hit"] and torch.equal(hit.kg.triples(), kg.triples())
+    # the spec's default min_rating 3 drops movies: their links are dropped
+    rated = prepare("ml-100k", data_dir=root, cache_dir=tmp_path, parts=("kg",))
+    assert rated.kg.summary()["linked_items"] == 1_494 and len(rated.kg) == 91_631
+
+
+def test_lastfm_and_filmtrust_social_graphs(tmp_path: Path) -> None:
+    root = _need("lastfm-hetrec2011-2k", "user_friends.dat")
+    _need("filmtrust", "trust.txt")
+    lastfm = prepare("lastfm-2k", data_dir=root, cache_dir=tmp_path, parts=("social",))
+    assert (
+        lastfm.num_users - 1,
+        lastfm.num_items - 1,
+        len(lastfm.train) + len(lastfm.valid) + len(lastfm.test),
+    ) == (
+        1_892,
+        17_632,
+        92_834,
+    )
+    assert lastfm.social.summary() == {"links": 12_717, "edges": 25_434, "users": 1_892, "directed": False}
+    assert lastfm.kg is None
+    film = prepare("filmtrust", data_dir=root, cache_dir=tmp_path, parts=("social",))
+    assert (film.num_users - 1, film.num_items - 1) == (1_508, 2_071)
+    counts = film.manifest["parts"]["social"]["counts"]
+    assert counts["rows"] == 1_853 and counts["unknown_users"] == 221 and len(film.social) == 1_632
+    assert film.social.directed and float(film.social.weight.min()) == 1.0
+    assert prepare("filmtrust", data_dir=root, cache_dir=tmp_path, parts=("social",)).manifest["cache_hit"]
