@@ -228,6 +228,27 @@ def test_resume_refuses_changed_categorical_choices(workdir: Path) -> None:
         create_or_load(other, storage)
 
 
+def test_a_minimised_metric_makes_a_minimising_study(workdir: Path) -> None:
+    """The direction comes from the metric (``higher_is_better``): logloss studies minimise, and
+    their best trial is the lowest value (ties: the earlier trial)."""
+    from recstudio.errors import ConfigError
+    from recstudio.tune.results import best_completed, summarize
+    from recstudio.tune.storage import make_storage
+    from recstudio.tune.study import create_or_load
+
+    settings = settings_for(workdir, "loss", trials=1, metric="logloss")
+    storage = make_storage(settings.storage, heartbeat_interval=None)
+    study, _ = create_or_load(settings, storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    for value in (0.5, 0.3, 0.3, 0.7):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    assert best_completed(study).number == 1
+    assert summarize(study)["direction"] == "minimize"
+    assert summarize(study)["best"]["value"] == 0.3
+    with pytest.raises(ConfigError, match="minimizes its objective, but ndcg@10 is maximized"):
+        create_or_load(settings_for(workdir, "loss", trials=1), storage)
+
+
 def test_budget_is_exact_across_claimers() -> None:
     import multiprocessing as mp
 

@@ -79,7 +79,11 @@ def _duration(seconds: float | None) -> str:
     type=click.Choice(PRUNERS),
     help="Pruner over validation epochs (default hyperband; median with --sampler random).",
 )
-@click.option("--metric", help="Validation metric to maximize, e.g. ndcg@10 (sets train.monitor).")
+@click.option(
+    "--metric",
+    help="Validation metric to optimise, e.g. ndcg@10 (sets train.monitor; logloss is minimised, others "
+    "maximised).",
+)
 @click.option(
     "--search-space",
     type=click.Path(dir_okay=False),

@@ -5,7 +5,7 @@
   ``suggest(trial, space)``);
 - ``strategies``: samplers and pruners by name, their defaults and seeds;
 - ``storage``: Optuna storage URLs and connections (SQLite specifics, password redaction);
-- ``study``: create or resume a study (compatibility checks), load it, stale trials;
+- ``study``: create or resume a study (compatibility checks, direction), load it, stale trials;
 - ``objective``: one trial = one run = one nested MLflow child run;
 - ``pruning``: the Lightning callback that reports each validation to the trial;
 - ``parent``: the study's MLflow parent run and the callback that updates it after each trial;

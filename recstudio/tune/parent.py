@@ -21,7 +21,7 @@ from recstudio.tune.results import state_counts
 from recstudio.tune.settings import TuneSettings
 from recstudio.tune.space import describe
 from recstudio.tune.storage import redact
-from recstudio.tune.study import ATTR_PARENT_RUN, ATTR_TRACKING_URI
+from recstudio.tune.study import ATTR_PARENT_RUN, ATTR_TRACKING_URI, metric_direction
 
 log = logging.getLogger("recstudio.tune")
 
@@ -81,7 +81,7 @@ class ParentRun:
                 {
                     "study": study.study_name,
                     "metric": settings.metric,
-                    "direction": "maximize",
+                    "direction": metric_direction(settings.metric),
                 }
             )
             tracker.log_params(params)

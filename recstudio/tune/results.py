@@ -1,8 +1,9 @@
 """What a study found, as plain data: summaries, trial counts, the best trial, its exported config.
 
 Read by ``run_study``'s summary, by ``recstudio studies`` and ``recstudio best``; one module so
-that "best" means the same everywhere. The best trial is the completed trial with the highest value;
-ties go to the earlier trial.
+that "best" means the same everywhere. The best trial is the completed trial with the best value
+in the study's direction (which ``create_or_load`` takes from the tuned metric: ``logloss`` is
+minimised, ranking metrics maximised); ties go to the earlier trial.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from recstudio.errors import ConfigError
@@ -31,12 +33,13 @@ def state_counts(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def best_completed(
     study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None
 ) -> optuna.trial.FrozenTrial | None:
-    """The best completed trial of ``study`` (of ``trials``, if given)."""
+    """The best completed trial of ``study`` (of ``trials``, if given) in the study's direction."""
     trials = trials if trials is not None else study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         return None
-    return max(complete, key=lambda t: (t.value, -t.number))
+    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+    return max(complete, key=lambda t: (sign * t.value, -t.number))
 
 
 def summarize(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ in a worker, and fail the trials of killed processes.
 Creating and resuming are one step (``create_or_load``) because a name that exists is a
 resume, and a resume must tune the same model, dataset and metric with a space Optuna accepts;
 checking that here, once, turns what would be a study of failed trials into one clear error.
+The study's direction is the tuned metric's (``recstudio.eval.metrics.higher_is_better``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ ATTR_PARENT_RUN = "mlflow_parent_run_id"
 """Study user attr: the id of the study's MLflow parent run."""
 ATTR_TRACKING_URI = "mlflow_tracking_uri"
 """Study user attr: the tracking URI that parent run lives in."""
+
+
+def metric_direction(metric: str) -> str:
+    """``"maximize"`` or ``"minimize"``: the Optuna direction of a study that tunes ``metric``."""
+    from recstudio.eval.metrics import higher_is_better
+
+    return "maximize" if higher_is_better(metric) else "minimize"
 
 
 class StaleTrialCallback:
@@ -84,17 +92,20 @@ def create_or_load(
     """
     existing = settings.study_name in optuna.get_all_study_names(storage)
     sampler, pruner = sampler_and_pruner(settings, worker)
+    direction = metric_direction(settings.metric)
     study = optuna.create_study(
         storage=storage,
         study_name=settings.study_name,
-        direction="maximize",
+        direction=direction,
         load_if_exists=True,
         sampler=sampler,
         pruner=pruner,
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+    actual = study.direction.name.lower()
+    if actual != direction:
         raise ConfigError(
-            f"study '{settings.study_name}' minimizes; RecStudio's ranking metrics are maximized"
+            f"study '{settings.study_name}' {actual}s its objective, but {settings.metric} is {direction}d; "
+            "choose another --study-name"
         )
     check_space_compatible(study, settings.space)
     attrs = study.user_attrs
