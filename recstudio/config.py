@@ -37,6 +37,9 @@ SplitOrder = Literal["random", "time"]
 Learner = Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "exponential", "cosine", "plateau"]
 MetricName = Literal["recall", "precision", "map", "ndcg", "mrr", "hit", "auc"]
+PointwiseMetricName = Literal["auc", "gauc", "logloss"]
+EvalProtocol = Literal["auto", "ranking", "pointwise", "both"]
+CandidateSampler = Literal["uniform", "popularity"]
 
 
 @dataclass
@@ -102,6 +105,18 @@ class EvalConfig:
     """Users scored per block (one matmul, one masking scatter, one topk per block)."""
     mask_history: bool = True
     """Exclude already-seen items: train for validation, train+validation for test."""
+    protocol: EvalProtocol = "auto"
+    """ranking: rank items per user (retrievers); pointwise: AUC/GAUC/log loss on labelled rows
+    (rankers, CTR models); both; auto: pointwise for models that train on labelled rows."""
+    pointwise_metrics: list[PointwiseMetricName] = field(default_factory=lambda: ["auc", "gauc", "logloss"])
+    """Metrics of the pointwise protocol (with protocol both, the ranking AUC is ``full_auc``)."""
+    candidates: int = 0
+    """0: full ranking over all items. N > 0: rank each target among N negatives drawn once per
+    user (fixed for every epoch and model), as papers with sampled metrics report."""
+    candidate_sampler: CandidateSampler = "uniform"
+    """How the N negatives are drawn: uniform, or in proportion to training popularity."""
+    candidate_seed: int = 2020
+    """Seed of the candidate draw (the same for every model, so runs compare)."""
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -339,14 +354,19 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         raise ConfigError(f"config key 'eval.cutoffs' must be positive integers, got {e.cutoffs}")
     if e.batch_size < 1:
         raise ConfigError(f"config key 'eval.batch_size' must be >= 1, got {e.batch_size}")
+    if e.candidates < 0:
+        raise ConfigError(f"config key 'eval.candidates' must be >= 0, got {e.candidates}")
     metric, _, k = t.monitor.partition("@")
-    valid_metrics = typing.get_args(MetricName)
-    if metric not in valid_metrics or (metric != "auc" and (not k.isdigit() or int(k) not in e.cutoffs)):
+    ranking_metrics = typing.get_args(MetricName)
+    pointwise = typing.get_args(PointwiseMetricName)
+    ranking_ok = metric in ranking_metrics and (metric == "auc" or (k.isdigit() and int(k) in e.cutoffs))
+    pointwise_ok = not k and (metric in pointwise or metric == "full_auc")
+    if not (ranking_ok or pointwise_ok):
         raise ConfigError(
-            f"config key 'train.monitor' must name a metric at one of eval.cutoffs "
-            f"(e.g. ndcg@{e.cutoffs[0]}) or 'auc', got '{t.monitor}'"
+            f"config key 'train.monitor' must name a ranking metric at one of eval.cutoffs "
+            f"(e.g. ndcg@{e.cutoffs[0]}), 'auc', or a pointwise metric (gauc, logloss), got '{t.monitor}'"
         )
-    if metric not in e.metrics:
+    if ranking_ok and metric != "auc" and metric not in e.metrics:
         raise ConfigError(f"config key 'train.monitor' uses '{metric}', which eval.metrics does not compute")
 
 

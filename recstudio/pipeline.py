@@ -50,10 +50,6 @@ class RunOptions:
     """Extra Lightning callbacks (e.g. Optuna pruning)."""
 
 
-def _seq_len(cfg: ResolvedConfig) -> int | None:
-    return getattr(cfg.model, "max_seq_len", None)
-
-
 def _resolve_devices(options: RunOptions) -> tuple[str, int]:
     """(accelerator, number of devices): 'auto' is one GPU when CUDA is there, else the CPU.
 
@@ -162,10 +158,46 @@ def _tame_lightning_logs(verbose: bool) -> None:
 
 
 def _best_epoch(history: list[dict[str, float]], monitor_key: str) -> dict[str, float] | None:
+    """The epoch row with the best monitor value (the earliest among ties)."""
+    from recstudio.eval.metrics import higher_is_better
+
     rows = [r for r in history if monitor_key in r and math.isfinite(r[monitor_key])]
     if not rows:
         return None
-    return max(rows, key=lambda r: (r[monitor_key], -r["epoch"]))
+    sign = 1.0 if higher_is_better(monitor_key.removeprefix("valid/")) else -1.0
+    return max(rows, key=lambda r: (sign * r[monitor_key], -r["epoch"]))
+
+
+class _BestCheckpoint:
+    """Lightning callback: save the weights whenever the validation monitor improves.
+
+    Written here rather than Lightning's ``ModelCheckpoint``, which skips a save when
+    ``trainer.global_step`` has not moved since the last one, and the plain training step
+    (``Recommender._plain_step``) steps the optimizers without Lightning's step counter.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # build the subclass lazily (Lightning import)
+        import pytorch_lightning as pl
+
+        class BestCheckpoint(pl.Callback):
+            def __init__(self, path: Path, maximize: bool) -> None:
+                self.path = path
+                self.maximize = maximize
+                self.best: float | None = None
+
+            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.sanity_checking:
+                    return
+                value = trainer.callback_metrics.get("monitor")
+                if value is None or not math.isfinite(float(value)):
+                    return
+                value = float(value)
+                better = self.best is None or (value > self.best if self.maximize else value < self.best)
+                if better:
+                    self.best = value
+                    trainer.save_checkpoint(str(self.path), weights_only=True)
+
+        return BestCheckpoint(*args, **kwargs)
 
 
 def run(
@@ -179,9 +211,7 @@ def run(
     # data first: a missing or malformed file is bad input, not a failed run worth recording
     t0 = time.perf_counter()
     if data is None:
-        from recstudio.data import prepare
-
-        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
+        data = prepare_for(cfg, options)
     timings["data_seconds"] = time.perf_counter() - t0
 
     tracker = None
@@ -209,7 +239,7 @@ def run(
         tracker.log_text(cfg.to_yaml(), "config.yaml")
 
     try:
-        result = _run_tracked(cfg, options, data, trial, tracker, timings)
+        result = _run_tracked(cfg, options, data, trial, tracker, timings).to_dict()
     except BaseException as exc:
         if tracker is not None:
             exc.run_id = tracker.run_id  # type: ignore[attr-defined]  (tune logs the traceback there)
@@ -228,6 +258,17 @@ def run(
     return result
 
 
+def prepare_for(cfg: ResolvedConfig, options: RunOptions) -> Any:
+    """The prepared data of ``cfg`` with the parts (knowledge graph, social graph) its model's
+    data contract needs; a dataset without them fails here, in one line."""
+    from recstudio.data import prepare
+    from recstudio.model.registry import get_model_class
+
+    parts = get_model_class(cfg.model_name).data_contract(cfg.model).parts
+    extra = {"parts": parts} if parts else {}
+    return prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir, **extra)
+
+
 def _is_pruned(exc: BaseException) -> bool:
     return type(exc).__name__ == "TrialPruned"
 
@@ -239,7 +280,7 @@ def _run_tracked(
     trial: Any,
     tracker: Any,
     timings: dict[str, float],
-) -> dict[str, Any]:
+) -> TrainResult:
     """Rank 0's run; with ``devices`` > 1 the other DDP ranks run beside it (``distributed``)."""
     accelerator, devices = _resolve_devices(options)
     if devices > 1 and not _has_trainable_parameters(cfg, data):
@@ -265,10 +306,7 @@ def _run_tracked(
 
 
 def _has_trainable_parameters(cfg: ResolvedConfig, data: Any) -> bool:
-    from recstudio.model.registry import get_model_class
-
-    model = get_model_class(cfg.model_name)(cfg.model, data, cfg.train, cfg.eval)
-    return any(p.requires_grad for p in model.parameters())
+    return any(p.requires_grad for p in build_model(cfg, data).parameters())
 
 
 def _ddp_rank_main(
@@ -284,99 +322,108 @@ def _ddp_rank_main(
         destroy_process_group()
 
 
-def train_and_test(
-    cfg: ResolvedConfig,
-    options: RunOptions,
-    data: Any,
-    trial: Any,
-    tracker: Any,
-    timings: dict[str, float],
-    rank: int = 0,
-    world_size: int = 1,
-    port: int | None = None,
-) -> dict[str, Any]:
-    """Fit with early stopping, reload the best epoch, test once; one DDP rank of ``world_size``."""
-    import pytorch_lightning as pl
-    import torch
+@dataclass
+class TrainResult:
+    """What one training run produced (``to_dict`` is the ``--json`` result)."""
 
-    _tame_lightning_logs(options.verbose)
-    from recstudio.data.views import StepGroups, build_view
-    from recstudio.eval.ranking import RankingEvaluator, build_eval_split
-    from recstudio.model.base import takes_step_groups
+    run_id: str | None
+    model: str
+    dataset: str
+    checkpoint: str
+    best_epoch: int
+    epochs: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    data: dict[str, Any]
+    cache_key: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "dataset": self.dataset,
+            "checkpoint": self.checkpoint,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "valid": self.valid,
+            "test": self.test,
+            "data": self.data,
+            "cache_key": self.cache_key,
+        }
+
+
+def build_model(cfg: ResolvedConfig, data: Any) -> Any:
+    """The configured model on ``data`` (the registry looks its class up by name)."""
     from recstudio.model.registry import get_model_class
 
-    # ---------------------------------------------------------------- model
-    pl.seed_everything(cfg.train.seed, workers=False, verbose=False)
-    model_cls = get_model_class(cfg.model_name)
-    model = model_cls(cfg.model, data, cfg.train, cfg.eval)
-    if world_size > 1:
-        torch.manual_seed(cfg.train.seed + rank)  # same initial weights, own negative-sampling stream
-    seq_len = _seq_len(cfg)
-    model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
+    return get_model_class(cfg.model_name)(cfg.model, data, cfg.train, cfg.eval)
 
-    accelerator, devices = _resolve_devices(options)
-    train_view = build_view(
-        model_cls.view,
-        data,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        static_negatives=cfg.train.static_negatives,
-        max_len=seq_len or 50,
-        rank=rank,
-        world_size=world_size,
-    )
+
+def training_batches(model: Any, data: Any, cfg: ResolvedConfig, rank: int = 0, world_size: int = 1) -> Any:
+    """The training loader the model's data contract declares: one view per input, mixed as
+    the contract says, in groups of ``STEPS_PER_LOOP_BATCH`` steps in one process."""
+    from recstudio.data.views import InputMix, StepGroups, build_view
+    from recstudio.model.base import takes_step_groups
+
+    contract = model.data_needs
+    views = {}
+    for spec in contract.inputs:
+        options = {"static_negatives": cfg.train.static_negatives, **dict(spec.options)}
+        views[spec.name] = build_view(
+            spec.view,
+            data,
+            spec.batch_size or cfg.train.batch_size,
+            cfg.train.seed,
+            rank=rank,
+            world_size=world_size,
+            **options,
+        )
+    batches: Any = views[contract.main.name] if len(views) == 1 else InputMix(views, contract.alternate)
     if world_size == 1 and STEPS_PER_LOOP_BATCH > 1 and takes_step_groups(model):
         # DDP's reducer expects one backward per forward: groups only in one process
-        train_batches: Any = StepGroups(train_view, STEPS_PER_LOOP_BATCH)
-    else:
-        train_batches = train_view
-    valid_split = build_eval_split(data, "valid", max_seq_len=seq_len)
-    test_split = build_eval_split(data, "test", max_seq_len=seq_len)
-    has_valid = len(valid_split.users) > 0
-    valid_loader = valid_split.blocks(cfg.eval.batch_size, rank, world_size) if has_valid else None
-    test_loader = test_split.blocks(cfg.eval.batch_size, rank, world_size)
+        batches = StepGroups(batches, STEPS_PER_LOOP_BATCH)
+    return batches
 
-    t0 = time.perf_counter()
-    model.fit_closed_form(data)
-    timings["closed_form_seconds"] = time.perf_counter() - t0
 
-    # ---------------------------------------------------------------- trainer
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+def evaluation_plan(model: Any, data: Any, cfg: ResolvedConfig) -> Any:
+    """The model's evaluation protocols and batches; the monitor must be one of its metrics."""
+    from recstudio.eval.evaluation import EvalPlan
 
-    ckpt_root = Path(options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-"))
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    recorder = _EpochRecorder(tracker, cfg.train.monitor)
-    callbacks: list[Any] = [recorder, *options.callbacks]
-    checkpoint = ModelCheckpoint(
-        dirpath=str(ckpt_root),
-        filename="best",
-        monitor="monitor" if has_valid else None,
-        mode="max",
-        save_top_k=1,
-        save_weights_only=True,
-        save_last=False,
-        enable_version_counter=False,
-    )
-    callbacks.append(checkpoint)
-    if has_valid and cfg.train.early_stop_patience > 0:
-        callbacks.append(
-            EarlyStopping(
-                monitor="monitor",
-                mode="max",
-                patience=cfg.train.early_stop_patience,
-                check_on_train_epoch_end=False,
-                check_finite=False,
-            )
+    plan = EvalPlan(data, cfg.eval, model.data_needs.labelled, model.data_needs.eval_sequence)
+    model.evaluation = plan.evaluation()
+    keys = model.evaluation.keys()
+    if cfg.train.monitor not in keys:
+        raise ConfigError(
+            f"config key 'train.monitor' is '{cfg.train.monitor}', which this evaluation "
+            f"(protocol {'+'.join(plan.protocols)}) does not compute; it computes {', '.join(keys)}"
         )
+    return plan
+
+
+def _trainer(
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    callbacks: list[Any],
+    ckpt_root: Path,
+    has_valid: bool,
+    num_batches: int,
+    rank: int,
+    world_size: int,
+    port: int | None,
+) -> Any:
+    import pytorch_lightning as pl
+
+    from recstudio.distributed import trainer_kwargs
+
+    accelerator, devices = _resolve_devices(options)
     show_progress = not options.quiet
     if show_progress:
         from pytorch_lightning.callbacks import TQDMProgressBar
 
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_batches) // 4)))
-    from recstudio.distributed import trainer_kwargs
-
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, num_batches // 4))]
     distributed = trainer_kwargs(rank, world_size, port, accelerator, cfg.train.ddp_timeout)
-    trainer = pl.Trainer(
+    return pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=accelerator,
         devices=devices,
@@ -390,9 +437,14 @@ def train_and_test(
         limit_val_batches=1.0 if has_valid else 0,
         deterministic=False,
         default_root_dir=str(ckpt_root),
-        enable_checkpointing=True,
+        enable_checkpointing=False,
     )
-    t0 = time.perf_counter()
+
+
+def _fit(trainer: Any, model: Any, train_batches: Any, valid_loader: Any, cfg: ResolvedConfig) -> None:
+    """``trainer.fit`` with Ctrl-C and out-of-memory turned into what callers expect."""
+    import torch
+
     try:
         trainer.fit(model, train_dataloaders=train_batches, val_dataloaders=valid_loader)
     except torch.OutOfMemoryError as exc:
@@ -403,30 +455,111 @@ def train_and_test(
             _restore_sigint()
             raise KeyboardInterrupt from None
         raise
-    timings["fit_seconds"] = time.perf_counter() - t0
     if trainer.interrupted:
         _restore_sigint()
         raise KeyboardInterrupt
 
+
+def train_and_test(
+    cfg: ResolvedConfig,
+    options: RunOptions,
+    data: Any,
+    trial: Any,
+    tracker: Any,
+    timings: dict[str, float],
+    rank: int = 0,
+    world_size: int = 1,
+    port: int | None = None,
+) -> TrainResult:
+    """Fit with early stopping, reload the best epoch, test once; one DDP rank of ``world_size``.
+
+    The steps: build the model, its training batches and its evaluation plan (all from the
+    model's data contract), fit closed-form parts, train with Lightning (best checkpoint and
+    early stopping on the validation monitor), reload the best weights, test.
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    _tame_lightning_logs(options.verbose)
+    from recstudio.eval.metrics import higher_is_better
+
+    pl.seed_everything(cfg.train.seed, workers=False, verbose=False)
+    model = build_model(cfg, data)
+    if world_size > 1:
+        torch.manual_seed(cfg.train.seed + rank)  # same initial weights, own negative-sampling stream
+    plan = evaluation_plan(model, data, cfg)
+    train_batches = training_batches(model, data, cfg, rank, world_size)
+    valid_loader = plan.loader("valid", rank, world_size) if plan.has_split("valid") else None
+    has_valid = valid_loader is not None and len(valid_loader) > 0
+    test_loader = plan.loader("test", rank, world_size)
+
+    t0 = time.perf_counter()
+    model.fit_closed_form(data)
+    timings["closed_form_seconds"] = time.perf_counter() - t0
+
+    ckpt_root = Path(options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-"))
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    best_path = ckpt_root / "best.ckpt"
+    maximize = higher_is_better(cfg.train.monitor)
+    recorder = _EpochRecorder(tracker, cfg.train.monitor)
+    checkpoint = _BestCheckpoint(best_path, maximize)
+    callbacks: list[Any] = [recorder, *options.callbacks, checkpoint]
+    if has_valid and cfg.train.early_stop_patience > 0:
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        callbacks.append(
+            EarlyStopping(
+                monitor="monitor",
+                mode="max" if maximize else "min",
+                patience=cfg.train.early_stop_patience,
+                check_on_train_epoch_end=False,
+                check_finite=False,
+            )
+        )
+    trainer = _trainer(
+        cfg, options, callbacks, ckpt_root, has_valid, len(train_batches), rank, world_size, port
+    )
+    t0 = time.perf_counter()
+    _fit(trainer, model, train_batches, valid_loader if has_valid else None, cfg)
+    timings["fit_seconds"] = time.perf_counter() - t0
+
     # ---------------------------------------------------------------- best checkpoint -> test
-    best_path = checkpoint.best_model_path or ""
+    if checkpoint.best is None:  # no validation (or no finite value): the last weights
+        trainer.save_checkpoint(str(best_path), weights_only=True)
     if world_size > 1:
         trainer.strategy.barrier("recstudio-best-checkpoint")  # rank 0 has written it
-    if not best_path:
-        best_path = str(ckpt_root / "best.ckpt")
-        trainer.save_checkpoint(best_path, weights_only=True)
     state = torch.load(best_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
-    monitor_key = f"valid/{cfg.train.monitor}"
-    best_row = _best_epoch(recorder.history, monitor_key)
+    best_row = _best_epoch(recorder.history, f"valid/{cfg.train.monitor}")
 
     t0 = time.perf_counter()
     trainer.test(model, dataloaders=test_loader, verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
-    test_metrics = dict(model.test_metrics)
-    valid_metrics = (
-        {k[len("valid/") :]: v for k, v in best_row.items() if k.startswith("valid/")} if best_row else {}
+    _epoch_timings(recorder, timings)
+    result = TrainResult(
+        run_id=tracker.run_id if tracker else None,
+        model=cfg.model_name,
+        dataset=cfg.dataset,
+        checkpoint=str(best_path),
+        best_epoch=int(best_row["epoch"]) if best_row else trainer.current_epoch - 1,
+        epochs=len(recorder.train_seconds),
+        valid=(
+            {k[len("valid/") :]: v for k, v in best_row.items() if k.startswith("valid/")} if best_row else {}
+        ),
+        test=dict(model.test_metrics),
+        data=data.summary(),
+        cache_key=data.cache_key,
+        timings=timings,
     )
+    if tracker is not None:
+        tracker.log_metrics({f"test/{k}": v for k, v in result.test.items()}, step=result.best_epoch)
+        tracker.log_metrics({f"best_valid/{k}": v for k, v in result.valid.items()}, step=result.best_epoch)
+        tracker.log_artifact(str(best_path), "checkpoints")
+        result.checkpoint = tracker.artifact_location(f"checkpoints/{best_path.name}")
+    return result
+
+
+def _epoch_timings(recorder: Any, timings: dict[str, float]) -> None:
     whole_epochs = [row["epoch_seconds"] for row in recorder.history if "epoch_seconds" in row]
     for name, values in (
         ("train_epoch", recorder.train_seconds),
@@ -437,27 +570,6 @@ def train_and_test(
             timings[f"{name}_seconds_mean"] = statistics.fmean(values)
             timings[f"{name}_seconds_median"] = statistics.median(values)
             timings[f"{name}_seconds_min"] = min(values)
-
-    result: dict[str, Any] = {
-        "run_id": tracker.run_id if tracker else None,
-        "model": cfg.model_name,
-        "dataset": cfg.dataset,
-        "checkpoint": best_path,
-        "best_epoch": int(best_row["epoch"]) if best_row else trainer.current_epoch - 1,
-        "epochs": len(recorder.train_seconds),
-        "valid": valid_metrics,
-        "test": test_metrics,
-        "data": data.summary(),
-        "cache_key": data.cache_key,
-    }
-    if tracker is not None:
-        tracker.log_metrics({f"test/{k}": v for k, v in test_metrics.items()}, step=result["best_epoch"])
-        tracker.log_metrics(
-            {f"best_valid/{k}": v for k, v in valid_metrics.items()}, step=result["best_epoch"]
-        )
-        tracker.log_artifact(best_path, "checkpoints")
-        result["checkpoint"] = tracker.artifact_location(f"checkpoints/{Path(best_path).name}")
-    return result
 
 
 def evaluate_checkpoint(
@@ -471,9 +583,7 @@ def evaluate_checkpoint(
     DDP processes (each rank scores a disjoint share of the users; sums are all-reduced)."""
     options = options or RunOptions(tracking=False, quiet=True)
     if data is None:
-        from recstudio.data import prepare
-
-        data = prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir)
+        data = prepare_for(cfg, options)
     accelerator, devices = _resolve_devices(options)
     options = replace(options, accelerator=accelerator, devices=devices, callbacks=[])
     if devices == 1:
@@ -518,13 +628,10 @@ def _evaluate_rank(
     import torch
 
     _tame_lightning_logs(options.verbose)
-    from recstudio.eval.ranking import RankingEvaluator, build_eval_split
-    from recstudio.model.registry import get_model_class
-
-    model = get_model_class(cfg.model_name)(cfg.model, data, cfg.train, cfg.eval)
+    model = build_model(cfg, data)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("state_dict", state))
-    model.evaluator = RankingEvaluator(cfg.eval.metrics, cfg.eval.cutoffs, cfg.eval.mask_history)
+    plan = evaluation_plan(model, data, cfg)
     from recstudio.distributed import trainer_kwargs
 
     distributed = trainer_kwargs(rank, world_size, port, options.accelerator, cfg.train.ddp_timeout)
@@ -540,10 +647,7 @@ def _evaluate_rank(
     )
     results: dict[str, dict[str, float]] = {}
     for split in splits:
-        blocks = build_eval_split(data, split, max_seq_len=_seq_len(cfg)).blocks(
-            cfg.eval.batch_size, rank, world_size
-        )
-        trainer.test(model, dataloaders=blocks, verbose=False)
+        trainer.test(model, dataloaders=plan.loader(split, rank, world_size), verbose=False)
         results[split] = dict(model.test_metrics)
     return results
 

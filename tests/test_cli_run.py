@@ -200,6 +200,21 @@ def test_models_command_lists_families(workdir: Path, capsys):
     assert "sequential:" in out and "feature-based:" in out
 
 
+def test_models_command_shows_one_models_contract_defaults_and_space(workdir: Path, capsys):
+    from recstudio.cli import main
+
+    main(["models", "SASRec", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"] == [
+        {"name": "main", "view": "seq2seq", "optimizer": "main", "options": {"max_len": 50}}
+    ]
+    assert info["config"]["max_seq_len"] == 50 and info["config"]["loss"] == "softmax"
+    assert "train.learning_rate" in info["search_space"]
+    main(["models", "bpr"])
+    out = capsys.readouterr().out
+    assert "trains on: triplet" in out and "search space" in out and "reg_weight" in out
+
+
 def test_python_api_matches_cli_result(workdir: Path):
     import recstudio
 

@@ -46,7 +46,7 @@ def test_model_default_overrides_apply_before_dataset_defaults():
         ({"train.learner": "sparse_adam"}, "'train.learner' must be one of adam, adamw, sgd, adagrad"),
         ({"data.split": "random"}, "config key 'data.split' must be one of"),
         ({"train.learning_rate": -1.0}, "'train.learning_rate' must be > 0"),
-        ({"train.monitor": "ndcg@7"}, "'train.monitor' must name a metric"),
+        ({"train.monitor": "ndcg@7"}, "'train.monitor' must name a ranking metric at one of eval.cutoffs"),
         ({"model.embed_dimm": 8}, "unknown config key 'model.embed_dimm' (did you mean 'model.embed_dim'?)"),
         ({"nonsense": 1}, "unknown config key 'nonsense'"),
     ],

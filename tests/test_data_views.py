@@ -156,7 +156,9 @@ def test_ddp_shards_are_disjoint_and_equal(name: str) -> None:
 
 
 def test_unknown_view_and_bad_options() -> None:
-    with pytest.raises(ConfigError, match="unknown dataset view 'graph'.*triplet, user, seq, seq2seq, als"):
+    with pytest.raises(
+        ConfigError, match="unknown dataset view .graph.*triplet, pointwise, user, seq, seq2seq, als, kg"
+    ):
         build_view("graph", _data(), 4, 0)
     with pytest.raises(ConfigError, match="batch_size"):
         build_view("triplet", _data(), 0, 0)

@@ -11,6 +11,8 @@ import dataclasses
 import pytest
 import torch
 
+from recstudio.data.views import VIEWS
+from recstudio.model.contract import DataContract
 from recstudio.model.registry import all_models, get_model_class
 from recstudio.testing import fit_and_evaluate, planted_data, popularity_metrics
 
@@ -48,9 +50,10 @@ def test_registry_lists_every_family_member():
 def test_model_declares_its_metadata(name):
     cls = get_model_class(name)
     assert cls.family in {"general", "sequential", "knowledge", "feature", "social"}
-    assert cls.view in {"triplet", "user", "seq", "seq2seq", "als"}
     assert dataclasses.is_dataclass(cls.Config)
-    cls.Config()  # every hyperparameter has a default
+    contract = cls.data_contract(cls.Config())  # every hyperparameter has a default
+    assert isinstance(contract, DataContract)
+    assert all(spec.view in VIEWS for spec in contract.inputs)
     assert isinstance(cls.search_space, dict) and cls.search_space, f"{name} declares no search space"
 
 
@@ -74,7 +77,7 @@ def test_recommend_excludes_history_and_padding(name, data):
     model = cls(cls.Config(), data, TrainConfig(), EvalConfig())
     model.fit_closed_form(data)
     model.eval()
-    split = build_eval_split(data, "test", max_seq_len=getattr(model.config, "max_seq_len", None))
+    split = build_eval_split(data, "test", max_seq_len=model.data_needs.eval_sequence)
     batch = next(iter(split.blocks(16)))
     scores, items = model.recommend(batch, k=10)
     assert items.shape == (batch["user"].shape[0], 10)

@@ -85,13 +85,18 @@ def dense_train(data: PreparedData) -> np.ndarray:
 # --------------------------------------------------------------------------- declarations
 
 
+def _view(cls: type) -> str:
+    """The view of the model's main training input under its default config."""
+    return cls.data_contract(cls.Config()).main.view
+
+
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
 def test_declarations(cls: type) -> None:
     from recstudio.model.registry import FAMILIES, get_model_class
 
     assert get_model_class(cls.__name__.lower()) is cls
     assert cls.family in FAMILIES
-    assert cls.view in ("triplet", "user", "als")
+    assert _view(cls) in ("triplet", "user", "als")
     assert cls.description and "\n" not in cls.description
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     build_section(cls.Config, {}, "model")  # defaults pass validation
@@ -111,7 +116,7 @@ def test_declarations(cls: type) -> None:
 
 
 def test_families_and_views() -> None:
-    assert {c.__name__: (c.family, c.view) for c in MODELS} == {
+    assert {c.__name__: (c.family, _view(c)) for c in MODELS} == {
         "BPR": ("general", "triplet"),
         "NCF": ("general", "triplet"),
         "MultiVAE": ("general", "user"),
@@ -166,8 +171,10 @@ def test_ncf_full_ranking_equals_pairwise_and_is_chunked(variant: str) -> None:
         scores = model.score_batch(batch)
         users, items = batch["user"][:, None], torch.arange(data.num_items)[None, :]
         pairwise = model.pair_scores(users, items)
-        model.score_chunk_rows = 5  # forces one item per chunk
-        chunked = model.score_batch(batch)
+        budget = {"cpu": 5 * model.pair_width, "cuda": 5 * model.pair_width}
+        with pytest.MonkeyPatch.context() as mp:  # 5 pair activations per chunk: many chunks
+            mp.setattr("recstudio.model.base.SCORE_CHUNK_ELEMENTS", budget)
+            chunked = model.score_batch(batch)
     assert scores.shape == (data.num_users - 1, data.num_items)
     torch.testing.assert_close(scores, pairwise)
     torch.testing.assert_close(chunked, pairwise)
@@ -182,7 +189,7 @@ def test_ncf_training_scores_equal_pairwise(variant: str, candidates: int) -> No
     items = torch.randint(1, data.num_items, (users.shape[0], candidates))
     with torch.no_grad():
         torch.testing.assert_close(
-            model.candidate_scores(users, items), model.pair_scores(users[:, None], items)
+            model.candidate_scores({"user": users}, items), model.pair_scores(users[:, None], items)
         )
 
 
@@ -465,11 +472,11 @@ def test_cuda_matches_cpu(cls: type) -> None:
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-4)
     gpu.train()
-    if cls.view == "als":
+    if _view(cls) == "als":
         out = gpu.training_step({"side": torch.tensor(1), "ids": torch.arange(1, data.num_items).cuda()}, 0)
         assert out is None
     elif cls is not EASE:
-        train = triplet_batch(data) if cls.view == "triplet" else _user_batch(data)
+        train = triplet_batch(data) if _view(cls) == "triplet" else _user_batch(data)
         loss = gpu.training_loss({k: v.cuda() for k, v in train.items()})
         assert loss.device.type == "cuda" and torch.isfinite(loss)
         loss.backward()

@@ -26,13 +26,26 @@ def fresh_native(monkeypatch, tmp_path):
     native.kernels.cache_clear()
 
 
+def _generic_loss(query, items, candidates, kind, reg, query_index=None):
+    """The formula the kernels implement, written with the loss modules and autograd: the
+    generic path models run on CUDA or without a compiler."""
+    from recstudio.model.loss import BCELoss, BPRLoss
+
+    q = query if query_index is None else query[query_index]
+    vectors = items[candidates]
+    scores = (q.unsqueeze(1) * vectors).sum(-1)
+    loss = (BPRLoss() if kind == "bpr" else BCELoss())(scores[:, 0], scores[:, 1:])
+    if reg:
+        loss = loss + reg / candidates.shape[0] * (q.pow(2).sum() + vectors.pow(2).sum())
+    return loss
+
+
 def _loss_and_grads(query, items, candidates, kind, reg, query_index=None, use_native=True):
-    """Loss and (query, items) gradients of ``2.5 * loss``, by the C kernels or the torch code."""
+    """Loss and (query, items) gradients of ``2.5 * loss``, by the C kernels or the generic code
+    (padding rows 0 get no gradient in either)."""
     query = query.detach().clone().requires_grad_(True)
     items = items.detach().clone().requires_grad_(True)
-    with pytest.MonkeyPatch.context() as patch:
-        if not use_native:
-            patch.setattr(native, "kernels", lambda: None)
+    if use_native:
         loss = sampled_inner_product_loss(
             query,
             items,
@@ -43,7 +56,13 @@ def _loss_and_grads(query, items, candidates, kind, reg, query_index=None, use_n
             query_index=query_index,
             query_padding_idx=None if query_index is None else 0,
         )
+    else:
+        loss = _generic_loss(query, items, candidates, kind, reg, query_index)
     (2.5 * loss).backward()
+    if not use_native:
+        items.grad[0] = 0
+        if query_index is not None:
+            query.grad[0] = 0
     return loss.detach(), query.grad, items.grad
 
 
@@ -139,14 +158,24 @@ def test_kernels_build_into_the_cache_once(fresh_native) -> None:
 
 
 def test_without_a_compiler_training_falls_back_to_torch(fresh_native, monkeypatch, caplog) -> None:
+    """No compiler: one warning naming the compiler's error, and models take the generic path."""
+    from recstudio.model.general.bpr import BPR
+    from recstudio.testing import planted_data
+
     monkeypatch.setenv("CC", "/bin/false")
     with caplog.at_level(logging.WARNING, logger="recstudio.native"):
         assert native.kernels() is None
     assert "native CPU kernels unavailable" in caplog.text and "/bin/false" in caplog.text
-    items = torch.randn(6, 3, requires_grad=True)
-    loss = sampled_inner_product_loss(torch.randn(2, 3), items, torch.tensor([[1, 2], [3, 4]]), "bpr")
-    loss.backward()  # the torch code ran
-    assert items.grad[1:5].abs().sum() > 0
+    data = planted_data(num_users=20, num_items=16, seed=3)
+    model = BPR(BPR.Config(embed_dim=4), data)
+    assert model.fused_loss_kind(model.user_emb.weight) is None
+    batch = {"user": torch.tensor([1, 2, 3]), "item": torch.tensor([4, 5, 6])}
+    model.training_loss(batch).backward()  # the generic autograd path ran
+    assert model.item_emb.weight.grad[4:7].abs().sum() > 0
+    with pytest.raises(ValueError, match="native kernels"):
+        sampled_inner_product_loss(
+            torch.randn(2, 3), torch.randn(6, 3), torch.tensor([[1, 2], [3, 4]]), "bpr"
+        )
 
 
 def test_recstudio_native_0_disables_the_kernels(fresh_native, monkeypatch) -> None:
@@ -158,12 +187,12 @@ def test_recstudio_native_0_disables_the_kernels(fresh_native, monkeypatch) -> N
 def test_native_is_only_used_for_cpu_float_tensors_of_one_dtype(monkeypatch) -> None:
     monkeypatch.setattr(native, "kernels", lambda: object())  # as if the library had loaded
     f32, f64, ids = torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64), torch.tensor([[1, 2]])
-    assert ops._native_ok(f32, f32, ids) and ops._native_ok(f64, f64, ids, torch.tensor([0]))
-    assert not ops._native_ok(f32.half(), f32.half(), ids)
-    assert not ops._native_ok(f32, f64, ids)
-    assert not ops._native_ok(f32, f32, ids.int())
+    assert ops.native_available(f32, f32, ids) and ops.native_available(f64, f64, ids, torch.tensor([0]))
+    assert not ops.native_available(f32.half(), f32.half(), ids)
+    assert not ops.native_available(f32, f64, ids)
+    assert not ops.native_available(f32, f32, ids.int())
     monkeypatch.setattr(native, "kernels", lambda: None)
-    assert not ops._native_ok(f32, f32, ids)
+    assert not ops.native_available(f32, f32, ids)
 
 
 @needs_compiler

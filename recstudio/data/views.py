@@ -118,8 +118,15 @@ class TripletDataset(BaseView):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        super().__init__(len(data.train), batch_size, seed, rank, world_size)
-        self.user, self.item, self.rating = data.train.user, data.train.item, data.train.rating.float()
+        train = data.train
+        label = getattr(train, "label", None)
+        if label is not None:  # labelled data: the positives are the interactions to rank
+            keep = label > 0.5
+            user, item, rating = train.user[keep], train.item[keep], train.rating[keep]
+        else:
+            user, item, rating = train.user, train.item, train.rating
+        super().__init__(int(user.numel()), batch_size, seed, rank, world_size)
+        self.user, self.item, self.rating = user, item, rating.float()
         self.neg_item: torch.Tensor | None = None
         if static_negatives < 0:
             raise ConfigError(f"static_negatives must be >= 0, got {static_negatives}")
@@ -128,7 +135,7 @@ class TripletDataset(BaseView):
                 raise DataError(f"dataset '{data.name}' has no items to draw negatives from")
             generator = torch.Generator().manual_seed(seed + _NEGATIVE_SEED_OFFSET)
             self.neg_item = torch.randint(
-                1, data.num_items, (len(data.train), static_negatives), generator=generator
+                1, data.num_items, (self.num_rows, static_negatives), generator=generator
             )
 
     def _batch(self, index: torch.Tensor) -> Batch:
@@ -278,12 +285,78 @@ class _IdBlocks(BaseView):
         return {"ids": index + 1}
 
 
+class PointwiseDataset(BaseView):
+    """One sample per labelled training row: ``user``, ``item`` [B], ``label`` float [B] (0/1),
+    and each interaction context field as ``ctx.<name>`` int64 codes [B]. Needs labelled data
+    (``data.label``); the rows are every kept interaction, positive or not."""
+
+    def __init__(
+        self, data: PreparedData, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        train = data.train
+        if getattr(train, "label", None) is None:
+            raise DataError(
+                f"dataset '{data.name}' has no labels: pointwise training needs a label rule "
+                "(set data.label, e.g. 'rating >= 4', or a 'labels:' rule in the dataset spec)"
+            )
+        super().__init__(len(train), batch_size, seed, rank, world_size)
+        self.columns = {"user": train.user, "item": train.item, "label": train.label.float()}
+        for name, codes in (getattr(train, "context", None) or {}).items():
+            self.columns[f"ctx.{name}"] = codes
+
+    def _batch(self, index: torch.Tensor) -> Batch:
+        return {k: v[index] for k, v in self.columns.items()}
+
+    def _row_nbytes(self) -> int:
+        return sum(c[:1].nbytes for c in self.columns.values())
+
+
+class KGDataset(BaseView):
+    """One sample per knowledge-graph triple: ``head``, ``relation``, ``tail`` [B] and
+    ``neg_tail`` [B, K], K = ``num_negatives`` entities drawn uniformly per batch (a corrupted
+    tail, as in TransE/TransR training; a draw may hit a true tail, with probability about the
+    head's out-degree over the number of entities)."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        batch_size: int,
+        seed: int,
+        num_negatives: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        kg = getattr(data, "kg", None)
+        if kg is None:
+            raise DataError(f"dataset '{data.name}' has no knowledge graph loaded")
+        if num_negatives < 1:
+            raise ConfigError(f"kg view: num_negatives must be >= 1, got {num_negatives}")
+        super().__init__(int(kg.head.numel()), batch_size, seed, rank, world_size)
+        self.head, self.relation, self.tail = kg.head, kg.relation, kg.tail
+        self.num_entities = int(kg.num_entities)
+        self.num_negatives = num_negatives
+
+    def _batch(self, index: torch.Tensor) -> Batch:
+        return {"head": self.head[index], "relation": self.relation[index], "tail": self.tail[index]}
+
+    def _row_nbytes(self) -> int:
+        return 3 * self.head[:1].nbytes
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in super().__iter__():
+            n = batch["head"].shape[0]
+            batch["neg_tail"] = torch.randint(1, self.num_entities, (n, self.num_negatives))
+            yield batch
+
+
 VIEWS: dict[str, type[BaseView]] = {
     "triplet": TripletDataset,
+    "pointwise": PointwiseDataset,
     "user": UserDataset,
     "seq": SeqDataset,
     "seq2seq": Seq2SeqDataset,
     "als": ALSDataset,
+    "kg": KGDataset,
 }
 
 
@@ -295,13 +368,14 @@ def build_view(
     *,
     static_negatives: int = 0,
     max_len: int = 50,
+    num_negatives: int = 1,
     rank: int = 0,
     world_size: int = 1,
 ) -> BaseView:
-    """The training view a model declares (``triplet``, ``user``, ``seq``, ``seq2seq``, ``als``).
+    """A training view by name (see ``VIEWS``).
 
     Options a view does not use are ignored (``static_negatives`` only applies to ``triplet``,
-    ``max_len`` to ``seq`` and ``seq2seq``).
+    ``max_len`` to ``seq`` and ``seq2seq``, ``num_negatives`` to ``kg``).
     """
     if name not in VIEWS:
         raise ConfigError(f"unknown dataset view '{name}'; views are: {', '.join(VIEWS)}")
@@ -310,7 +384,79 @@ def build_view(
         return TripletDataset(data, batch_size, seed, static_negatives=static_negatives, **common)
     if name in ("seq", "seq2seq"):
         return VIEWS[name](data, batch_size, seed, max_len=max_len, **common)
+    if name == "kg":
+        return KGDataset(data, batch_size, seed, num_negatives=num_negatives, **common)
     return VIEWS[name](data, batch_size, seed, **common)
+
+
+class InputMix(IterableDataset):
+    """Several named training views as one epoch of batches (``DataContract.alternate``).
+
+    - ``zip``: one dict per step holding a batch of every view, the first view's keys as they
+      are and the others' as ``"<name>.<key>"``;
+    - ``step``: the views' batches in turns, each dict tagged ``"input": name``;
+    - ``epoch``: every batch of the first view, then of the second..., tagged the same way.
+
+    In ``zip`` and ``step`` the epoch is as long as the longest view; a shorter one starts over
+    (with its next seeded permutation) when it runs out.
+    """
+
+    def __init__(self, views: dict[str, BaseView], alternate: str) -> None:
+        super().__init__()
+        if alternate not in ("zip", "step", "epoch"):
+            raise ConfigError(f"alternate must be zip, step or epoch, got {alternate!r}")
+        self.views = views
+        self.alternate = alternate
+        self.names = list(views)
+
+    def set_epoch(self, epoch: int) -> None:
+        for view in self.views.values():
+            view.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        lengths = [len(v) for v in self.views.values()]
+        if self.alternate == "zip":
+            return max(lengths)
+        if self.alternate == "step":
+            return max(lengths) * len(lengths)
+        return sum(lengths)
+
+    def _cycle(self, name: str, steps: int) -> Iterator[Batch]:
+        view, done = self.views[name], 0
+        while done < steps:
+            produced = 0
+            for batch in view:
+                yield batch
+                produced += 1
+                done += 1
+                if done == steps:
+                    return
+            if produced == 0:  # an empty view cannot fill the epoch
+                return
+
+    def __iter__(self) -> Iterator[Batch]:
+        steps = max(len(v) for v in self.views.values())
+        if self.alternate == "epoch":
+            for name in self.names:
+                for batch in self.views[name]:
+                    yield {**batch, "input": name}
+            return
+        streams = {name: self._cycle(name, steps) for name in self.names}
+        for _ in range(steps):
+            parts = {name: next(stream, None) for name, stream in streams.items()}
+            if self.alternate == "zip":
+                first, *rest = self.names
+                if parts[first] is None:
+                    return
+                merged = dict(parts[first])
+                for name in rest:
+                    for key, value in (parts[name] or {}).items():
+                        merged[f"{name}.{key}"] = value
+                yield merged
+            else:
+                for name in self.names:
+                    if parts[name] is not None:
+                        yield {**parts[name], "input": name}
 
 
 class StepGroups(IterableDataset):

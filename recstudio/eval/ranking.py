@@ -77,6 +77,8 @@ class EvalSplit:
     target_items: torch.Tensor
     seq: torch.Tensor | None = None
     seq_len: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+    """[U, N] sampled negative items per user (sampled-candidate evaluation), else None."""
 
     def __len__(self) -> int:
         return int(self.users.numel())
@@ -163,6 +165,10 @@ class EvalBlocks:
         if s.seq is not None and s.seq_len is not None:
             batch["seq"] = s.seq[start:stop].to(dev)
             batch["seq_len"] = s.seq_len[start:stop].to(dev)
+        if s.candidates is not None:  # the targets and the user's fixed sampled negatives
+            candidate = batch["target_mask"].clone()
+            candidate.scatter_(1, s.candidates[start:stop].to(dev), True)
+            batch["candidate_mask"] = candidate
         return batch
 
 
@@ -180,19 +186,44 @@ def _last_items(indptr: torch.Tensor, items: torch.Tensor, max_len: int) -> tupl
     return seq, seq_len
 
 
-def build_eval_split(data: PreparedData, split: str, max_seq_len: int | None = None) -> EvalSplit:
+def _positive_rows(part: Interactions) -> Interactions:
+    """The rows that are targets: all of them, or the label-1 rows of labelled data."""
+    label = getattr(part, "label", None)
+    if label is None:
+        return part
+    keep = label > 0.5
+    return Interactions(part.user[keep], part.item[keep], part.rating[keep], part.time[keep])
+
+
+def build_eval_split(
+    data: PreparedData,
+    split: str,
+    max_seq_len: int | None = None,
+    candidates: int = 0,
+    candidate_sampler: str = "uniform",
+    candidate_seed: int = 2020,
+) -> EvalSplit:
     """Evaluation split of ``data``: users with a target in ``split`` ("valid" or "test").
 
     History is the train split for ``valid`` and train+valid for ``test`` (chronological per user,
-    as PreparedData sorts each split by (user, time)). With ``max_seq_len`` L, ``seq``/``seq_len``
-    hold each user's last L history items for sequential models. History masking itself is the
-    ``RankingEvaluator``'s ``mask_history`` option: models may read ``history_mask`` either way.
+    as PreparedData sorts each split by (user, time)). Targets are the split's rows (on labelled
+    data: its label-1 rows; every row of the history counts as seen). With ``max_seq_len`` L,
+    ``seq``/``seq_len`` hold each user's last L history items for sequential models. History
+    masking itself is the ``RankingEvaluator``'s ``mask_history`` option: models may read
+    ``history_mask`` either way.
+
+    ``candidates`` N > 0 switches to sampled-candidate evaluation (as papers that rank a target
+    among 100 sampled items report): each user gets N negatives drawn once, without replacement,
+    from the items the user never interacted with in any split, uniformly or in proportion to
+    training popularity (``candidate_sampler``), from a generator seeded with ``candidate_seed``
+    and the split name, so every epoch and every model sees the same candidates. Blocks then carry
+    ``candidate_mask`` and the evaluator ranks only targets and those negatives.
     """
     if split not in ("valid", "test"):
         raise ConfigError(f"evaluation split must be 'valid' or 'test', got {split!r}")
     if isinstance(max_seq_len, bool) or (max_seq_len is not None and max_seq_len < 1):
         raise ConfigError(f"max_seq_len must be a positive integer or None, got {max_seq_len!r}")
-    targets: Interactions = data.valid if split == "valid" else data.test
+    targets: Interactions = _positive_rows(data.valid if split == "valid" else data.test)
     history = data.train if split == "valid" else Interactions.concat([data.train, data.valid])
     t_indptr, t_items = targets.csr(data.num_users)
     h_indptr, h_items = history.csr(data.num_users)
@@ -203,7 +234,51 @@ def build_eval_split(data: PreparedData, split: str, max_seq_len: int | None = N
     seq = seq_len = None
     if max_seq_len is not None:
         seq, seq_len = _last_items(h_indptr, h_items, max_seq_len)
-    return EvalSplit(split, data.num_items, users, h_indptr, h_items, t_indptr, t_items, seq, seq_len)
+    sampled = None
+    if candidates:
+        sampled = sample_candidates(data, users, split, candidates, candidate_sampler, candidate_seed)
+    return EvalSplit(
+        split, data.num_items, users, h_indptr, h_items, t_indptr, t_items, seq, seq_len, sampled
+    )
+
+
+CANDIDATE_SAMPLERS = ("uniform", "popularity")
+
+
+def sample_candidates(
+    data: PreparedData, users: torch.Tensor, split: str, n: int, sampler: str, seed: int
+) -> torch.Tensor:
+    """[U, n] negatives per user, without replacement, never an item the user interacted with in
+    any split (Gumbel top-n over the allowed items: exact sampling in proportion to the weights).
+    """
+    if sampler not in CANDIDATE_SAMPLERS:
+        raise ConfigError(
+            f"config key 'eval.candidate_sampler' must be one of {', '.join(CANDIDATE_SAMPLERS)}"
+        )
+    generator = torch.Generator().manual_seed(seed + (0 if split == "valid" else 1))
+    if sampler == "uniform":
+        log_w = torch.zeros(data.num_items)
+    else:
+        log_w = torch.log(data.item_popularity() + 1.0)
+    log_w[0] = -math.inf
+    seen = Interactions.concat([data.train, data.valid, data.test])
+    s_indptr, s_items = seen.csr(data.num_users)
+    s_indptr, s_items = _subset_csr(s_indptr, s_items, users)
+    most_seen = int((s_indptr[1:] - s_indptr[:-1]).max()) if users.numel() else 0
+    if n > data.num_items - 1 - most_seen:
+        raise ConfigError(
+            f"config key 'eval.candidates' ({n}) exceeds the items some user has not seen "
+            f"({data.num_items - 1 - most_seen})"
+        )
+    out = torch.empty(users.numel(), n, dtype=torch.long)
+    rows = max(1, (1 << 22) // max(1, data.num_items))
+    for start in range(0, users.numel(), rows):
+        stop = min(start + rows, users.numel())
+        gumbel = -torch.log(-torch.log(torch.rand(stop - start, data.num_items, generator=generator)))
+        keys = log_w[None, :] + gumbel
+        keys.masked_fill_(_dense_mask(s_indptr, s_items, start, stop, data.num_items, keys.device), -math.inf)
+        out[start:stop] = torch.topk(keys, n, dim=1).indices
+    return out
 
 
 # --------------------------------------------------------------------------- evaluator
@@ -254,6 +329,10 @@ class RankingEvaluator:
         history = batch.get("history_mask") if self.mask_history else None
         if history is not None:
             history = history.to(device, non_blocking=True)
+        candidate = batch.get("candidate_mask")
+        if candidate is not None:  # sampled-candidate evaluation: rank targets + drawn negatives
+            outside = ~candidate.to(device, non_blocking=True)
+            history = outside if history is None else history | outside
         x = prepare_scores(scores, history)
         if self.with_auc:  # the target list serves both the counts and AUC's queries
             rows, cols = target.nonzero(as_tuple=True)

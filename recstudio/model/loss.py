@@ -33,8 +33,17 @@ class FullSoftmaxLoss(nn.Module):
 
     needs_all_scores = True
 
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"softmax temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
     def forward(self, all_scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(all_scores.float(), target)
+        scores = all_scores.float()
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        return F.cross_entropy(scores, target)
 
 
 class SampledLoss(nn.Module):
@@ -55,14 +64,21 @@ class SampledLoss(nn.Module):
 class SampledSoftmaxLoss(SampledLoss):
     """Sampled softmax with log-Q correction.
 
-    With o_i = s_i - log q(i) (the correction applied when ``log_q_*`` is given):
+    With o_i = s_i / t - log q(i) (the correction applied when ``log_q_*`` is given):
     L = -o_pos + log(exp(o_pos) + sum_k exp(o_k)). Subtracting log q makes the sampled partition
     function an unbiased-in-the-limit estimate of the full one, so popular (often sampled) items
     are not over-penalised.
     References: Bengio & Senecal, "Adaptive Importance Sampling to Accelerate Training of a
     Neural Probabilistic Language Model" (IEEE TNN 2008); Yi et al., "Sampling-Bias-Corrected
-    Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019).
+    Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019). Scores are divided by
+    ``temperature`` before the correction.
     """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"sampled_softmax temperature must be > 0, got {temperature}")
+        self.temperature = temperature
 
     def forward(
         self,
@@ -71,6 +87,8 @@ class SampledSoftmaxLoss(SampledLoss):
         log_q_pos: torch.Tensor | None = None,
         log_q_neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.temperature != 1.0:
+            pos, neg = pos / self.temperature, neg / self.temperature
         if log_q_pos is not None:
             pos = pos - log_q_pos
         if log_q_neg is not None:

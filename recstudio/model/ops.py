@@ -6,9 +6,9 @@ measured 4.5x slower for a 2048 x 2 lookup into a 1683 x 64 table on the project
 machine (617 us vs 136 us), which was the largest single cost of a BPR step. On CUDA the stock
 kernel is already fast and honours deterministic mode, so it is used unchanged there.
 
-``sampled_inner_product_loss``: the inner-product BPR/BCE loss with a hand-written backward;
-on CPU it runs as the C kernels of ``recstudio.native`` when they are available, else as
-a few large torch ops with the same formulas.
+``sampled_inner_product_loss``: the inner-product BPR/BCE loss as the C kernels of
+``recstudio.native`` (one pass forward, one backward), the one speed path of those losses on CPU;
+everywhere else (CUDA, no compiler) models run the generic autograd formula of the loss module.
 """
 
 from __future__ import annotations
@@ -81,74 +81,6 @@ FUSED_LOSSES = ("bpr", "bce")
 """Sampled losses ``sampled_inner_product_loss`` computes (the formulas of ``BPRLoss``/``BCELoss``)."""
 
 
-class _SampledInnerProductLoss(torch.autograd.Function):
-    """Forward and backward of an inner-product sampled loss written out by hand.
-
-    Autograd would run ~25 small ops per step (gather, broadcast multiply, sum, loss, the
-    regulariser's squares, and their backwards, each allocating a batch-sized tensor); here the
-    scores are one multiply-sum, the regulariser two BLAS dot products, and the backward one
-    multiply-sum for the queries plus one multiply and one ``index_add_`` for the items.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        query: torch.Tensor,
-        items: torch.Tensor,
-        candidates: torch.Tensor,
-        kind: str,
-        reg_weight: float,
-        padding_idx: int | None,
-    ) -> torch.Tensor:
-        n, c = candidates.shape
-        vectors = items.index_select(0, candidates.reshape(-1)).view(n, c, items.shape[1])
-        scores = (vectors * query.unsqueeze(1)).sum(-1)
-        if kind == "bpr":
-            margin = scores[:, :1] - scores[:, 1:]
-            loss = -F.logsigmoid(margin).mean()
-            saved = margin
-        else:  # bce
-            loss = (-F.logsigmoid(scores[:, 0]) - F.logsigmoid(-scores[:, 1:]).mean(-1)).mean()
-            saved = scores
-        if reg_weight:
-            q, v = query.reshape(-1), vectors.reshape(-1)
-            loss = loss + (reg_weight / n) * (torch.dot(q, q) + torch.dot(v, v))
-        ctx.save_for_backward(query, vectors, candidates, saved)
-        ctx.kind, ctx.reg_weight, ctx.padding_idx = kind, reg_weight, padding_idx
-        ctx.items_shape = items.shape
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        query, vectors, candidates, saved = ctx.saved_tensors
-        n, c, d = vectors.shape
-        k = c - 1
-        if ctx.kind == "bpr":
-            d_margin = torch.sigmoid(-saved).mul_(-grad / (n * k))  # dL/d(s_pos - s_k)
-            d_scores = torch.cat([d_margin.sum(1, keepdim=True), d_margin.neg()], 1)
-        else:
-            d_scores = torch.sigmoid(saved)
-            d_scores[:, 0].sub_(1.0)  # d/ds softplus(-s) = sigmoid(s) - 1
-            d_scores[:, 0].mul_(grad / n)
-            d_scores[:, 1:].mul_(grad / (n * k))
-        d_scores = d_scores.unsqueeze(2)
-        scale = float(2 * ctx.reg_weight * grad / n) if ctx.reg_weight else 0.0
-        d_query = d_items = None
-        if ctx.needs_input_grad[0]:
-            d_query = (d_scores * vectors).sum(1)
-            if scale:
-                d_query.add_(query, alpha=scale)
-        if ctx.needs_input_grad[1]:
-            d_vectors = d_scores * query.unsqueeze(1)
-            if scale:
-                d_vectors.add_(vectors, alpha=scale)
-            d_items = d_vectors.new_zeros(ctx.items_shape)
-            d_items.index_add_(0, candidates.reshape(-1), d_vectors.view(-1, d))
-            if ctx.padding_idx is not None:
-                d_items[ctx.padding_idx] = 0
-        return d_query, d_items, None, None, None, None
-
-
 class _NativeSampledInnerProductLoss(torch.autograd.Function):
     """``_SampledInnerProductLoss`` computed by the C kernels of ``recstudio.native``:
     one pass over the batch forward and one backward, with the query rows optionally gathered
@@ -195,7 +127,7 @@ class _NativeSampledInnerProductLoss(torch.autograd.Function):
         return d_query, d_items, None, None, None, None, None, None
 
 
-def _native_ok(query: torch.Tensor, items: torch.Tensor, *indices: torch.Tensor | None) -> bool:
+def native_available(query: torch.Tensor, items: torch.Tensor, *indices: torch.Tensor | None) -> bool:
     """The C kernels take CPU float32/float64 tensors of one dtype and int64 ids, and need the
     library to have compiled (``native.kernels()``)."""
     if query.device.type != "cpu" or items.device.type != "cpu" or query.dtype != items.dtype:
@@ -219,16 +151,15 @@ def sampled_inner_product_loss(
 ) -> torch.Tensor:
     """Mean sampled loss of ``query`` [N, d] against ``items[candidates]`` (column 0 the
     positive, columns 1..K the negatives), scored by inner product, plus
-    ``reg_weight / N * (|query|^2 + |items[candidates]|^2)`` (BPR-Opt's penalty on the rows used).
+    ``reg_weight / N * (|query|^2 + |items[candidates]|^2)`` (BPR-Opt's penalty on the rows used),
+    computed by the native C kernels of ``recstudio.native`` (CPU, float32/float64).
 
     ``kind`` is "bpr" (``BPRLoss``) or "bce" (``BCELoss``): the same value and gradients as
-    gathering, scoring and calling the loss module, in a few large ops (see
-    ``_SampledInnerProductLoss``). ``padding_idx`` gets no gradient, as in ``nn.Embedding``.
-    With ``query_index`` [N], ``query`` is a table and the queries are its rows
-    ``query[query_index]`` (row ``query_padding_idx`` gets no gradient).
-
-    On CPU the C kernels of ``recstudio.native`` compute it when they are available
-    (same formulas; the float sums differ only in rounding); otherwise torch ops do.
+    gathering, scoring and calling the loss module (tests compare them in float64).
+    ``padding_idx`` gets no gradient, as in ``nn.Embedding``. With ``query_index`` [N],
+    ``query`` is a table and the queries are its rows ``query[query_index]`` (row
+    ``query_padding_idx`` gets no gradient). Callers check ``native_available`` first (models:
+    ``ItemTowerRecommender.fused_loss_kind``); elsewhere the generic autograd path runs.
     """
     if kind not in FUSED_LOSSES:
         raise ValueError(f"kind must be one of {FUSED_LOSSES}, got {kind!r}")
@@ -238,10 +169,8 @@ def sampled_inner_product_loss(
         raise ValueError(
             f"query_index must be [N] with N = {candidates.shape[0]}, got {tuple(query_index.shape)}"
         )
-    if _native_ok(query, items, candidates, query_index):
-        return _NativeSampledInnerProductLoss.apply(
-            query, items, candidates, query_index, kind, float(reg_weight), padding_idx, query_padding_idx
-        )
-    if query_index is not None:
-        query = gather_rows(query, query_index, query_padding_idx)
-    return _SampledInnerProductLoss.apply(query, items, candidates, kind, float(reg_weight), padding_idx)
+    if not native_available(query, items, candidates, query_index):
+        raise ValueError("sampled_inner_product_loss needs the native kernels and CPU float tensors")
+    return _NativeSampledInnerProductLoss.apply(
+        query, items, candidates, query_index, kind, float(reg_weight), padding_idx, query_padding_idx
+    )

@@ -4,12 +4,20 @@ A sampler is an ``nn.Module`` whose tables are (non-persistent) buffers, so ``mo
 moves it and it draws on the model's device; nothing is saved into checkpoints (the tables are
 rebuilt from the data). Every sampler draws real items only (ids 1..num_items-1, never the
 padding id 0) and reports ``log q`` of what it drew, for log-Q correction and importance weights.
-Negatives are drawn independently of the positive: an accidental hit (a negative equal to the
-positive) is possible and, with these catalogue-wide proposals, rare.
+Excluding the user's positives (the default for every model, ``model.exclude_positives``): after
+``exclude(user, item)`` with the training interactions, a draw for a query whose user is known
+(``users`` [n]) never returns one of that user's training items, as in the BPR paper and RecBole.
+Draws that hit a positive are redrawn (rejection, vectorised, at most ``MAX_REDRAWS`` rounds; a
+user who has interacted with nearly every item may keep a hit after that). The proposal then is
+q restricted to the user's non-positives, and ``log q`` is reported for that conditional
+distribution: ``log q(i) - log(1 - q(positives of u))``. Without ``users`` (or without
+``exclude``) draws are from q over all items, and a negative can equal a positive.
 
-API: ``sample(n, k, pos_items=None, query=None) -> (neg [n, k] long, log_q_neg [n, k],
-log_q_pos [n])``, ``sample_ids(n, k, query=None) -> neg`` (no log q) and
-``log_prob(items) -> float tensor`` of the same shape as ``items``.
+API: ``sample(n, k, pos_items=None, query=None, users=None) -> (neg [n, k] long, log_q_neg
+[n, k], log_q_pos [n])``, ``sample_ids(n, k, query=None, users=None) -> neg`` (no log q) and
+``log_prob(items) -> float tensor`` of the same shape as ``items``. ``log_q_pos`` is the
+unconditional log q of the positive (it is never drawn under exclusion, so the conditional one
+would be -inf; the log-Q correction of sampled softmax uses the proposal's own probability).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from torch import nn
 from recstudio.errors import ConfigError
 
 _SCALE = 1 << 52  # fixed-point unit of the popularity sampler's cumulative table
+MAX_REDRAWS = 32
+"""Rejection rounds for excluded positives (each redraws only the hits)."""
 
 
 class Sampler(nn.Module):
@@ -42,6 +52,41 @@ class Sampler(nn.Module):
     def device(self) -> torch.device:
         return self._anchor.device
 
+    def exclude(self, user: torch.Tensor, item: torch.Tensor, num_users: int) -> None:
+        """Never draw ``item[j]`` for user ``user[j]`` (the training interactions) when a draw
+        names its users. Stores the sorted distinct (user, item) keys and, per user, the
+        proposal mass of its positives (for the conditional log q)."""
+        key = torch.unique(user.long().cpu() * self.num_items + item.long().cpu())
+        users, items = key // self.num_items, key % self.num_items
+        mass = torch.zeros(num_users, dtype=torch.float64)
+        mass.index_add_(0, users, self.log_prob(items.to(self.device)).double().exp().cpu())
+        # log(1 - mass): the user's share of the proposal that remains drawable
+        remaining = torch.log1p(-mass.clamp(max=1.0 - 1e-12)).float()
+        self.register_buffer("_excluded", key.to(self.device), persistent=False)
+        self.register_buffer("_log_remaining", remaining.to(self.device), persistent=False)
+
+    @property
+    def excludes(self) -> bool:
+        return getattr(self, "_excluded", None) is not None
+
+    def _hits(self, users: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """Bool [n, k]: which draws are a training positive of their row's user."""
+        keys = self._excluded
+        query = users.to(keys.device).long()[:, None] * self.num_items + neg
+        pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+        return keys[pos] == query
+
+    def _redraw_positives(self, neg: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        hits = self._hits(users, neg)
+        for _ in range(MAX_REDRAWS):
+            if not bool(hits.any()):
+                break
+            rows, cols = hits.nonzero(as_tuple=True)
+            fresh = self.draw(rows.numel(), 1).view(-1)
+            neg = neg.index_put((rows, cols), fresh)
+            hits[rows, cols] = self._hits(users[rows], fresh[:, None]).view(-1)
+        return neg
+
     def log_prob(self, items: torch.Tensor) -> torch.Tensor:
         """log q(item), same shape as ``items`` (-inf for the padding id 0)."""
         raise NotImplementedError
@@ -50,11 +95,17 @@ class Sampler(nn.Module):
         """[n, k] item ids drawn i.i.d. from q."""
         raise NotImplementedError
 
-    def sample_ids(self, n: int, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_ids(
+        self, n: int, k: int, query: torch.Tensor | None = None, users: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[n, k] negatives without their log-probabilities, for losses that ignore log q (BPR,
-        BCE): saves the two ``log_prob`` passes per step. A sampler whose draw depends on
-        ``query`` overrides this together with ``sample``."""
-        return self.draw(n, k)
+        BCE): saves the two ``log_prob`` passes per step. ``users`` [n] names each row's user
+        for the exclusion of positives. A sampler whose draw depends on ``query`` overrides
+        this together with ``sample``."""
+        neg = self.draw(n, k)
+        if users is not None and self.excludes:
+            neg = self._redraw_positives(neg, users)
+        return neg
 
     def sample(
         self,
@@ -62,14 +113,18 @@ class Sampler(nn.Module):
         k: int,
         pos_items: torch.Tensor | None = None,
         query: torch.Tensor | None = None,
+        users: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """K negatives for each of n queries: (neg [n, k], log_q_neg [n, k], log_q_pos [n]).
 
         ``log_q_pos`` is log q of ``pos_items`` (zeros when they are not given). ``query`` is
-        accepted for model-based samplers; these static samplers ignore it.
+        accepted for model-based samplers; these static samplers ignore it. With ``users`` and
+        exclusion on, negatives avoid each user's positives and ``log_q_neg`` is conditional.
         """
-        neg = self.draw(n, k)
+        neg = self.sample_ids(n, k, query=query, users=users)
         log_q_neg = self.log_prob(neg)
+        if users is not None and self.excludes:
+            log_q_neg = log_q_neg - self._log_remaining[users.to(self.device)][:, None]
         if pos_items is None:
             log_q_pos = torch.zeros(n, device=self.device)
         else:

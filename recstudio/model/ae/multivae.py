@@ -21,6 +21,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
 
@@ -42,7 +43,7 @@ class MultiVAE(TowerFreeRecommender):
     """Encoder [I -> 600 -> 2x200], decoder [200 -> 600 -> I], multinomial likelihood."""
 
     family: ClassVar[str] = "general"
-    view: ClassVar[str] = "user"
+    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = (
         "Variational autoencoder with multinomial likelihood and KL annealing (Liang et al., WWW 2018)."
     )

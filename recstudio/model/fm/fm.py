@@ -28,7 +28,9 @@ from torch import nn
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import FeatureTable, PreparedData
+from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
@@ -87,14 +89,13 @@ class FM(ItemTowerRecommender):
     """Factorization machine on id + side-feature fields, decomposed into query and item towers."""
 
     family: ClassVar[str] = "feature"
-    view: ClassVar[str] = "triplet"
     description: ClassVar[str] = (
         "Factorization machine over user/item ids and side features, full ranking by one matmul "
         "(Rendle, ICDM 2010)."
     )
 
     @dataclass
-    class Config:
+    class Config(RankingParts):
         embed_dim: int = 64
         init_std: float = 0.01
         """Standard deviation of the normal initialisation of the factor vectors."""
@@ -103,8 +104,15 @@ class FM(ItemTowerRecommender):
         reg_weight: float = 0.0
         """L2 penalty on the id embeddings of the batch's users and items (averaged over the batch)."""
         loss: str = "bce"
-        sampler: str = "uniform"
         num_negatives: int = 4
+
+        def validate(self) -> None:
+            super().validate()
+            if self.scorer != "inner_product":
+                # the query/item decomposition equals the FM only under the inner product
+                raise ConfigError(
+                    f"config key 'model.scorer' must be inner_product for FM, got '{self.scorer}'"
+                )
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "embed_dim": {"type": "categorical", "choices": [16, 32, 64]},
@@ -136,8 +144,7 @@ class FM(ItemTowerRecommender):
             config.init_std,
         )
         self.bias = nn.Parameter(torch.zeros(()))
-        # the decomposition is exact only for the inner product, so the scorer is fixed
-        self.build_ranking_parts(data, "inner_product", config.loss, config.sampler, config.num_negatives)
+        self.build_ranking_parts(data, dim=config.embed_dim + 2)
 
     def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[s_U, 1, w0 + lin_U + pair_U] per user."""
@@ -153,11 +160,12 @@ class FM(ItemTowerRecommender):
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         query = self.query_vectors(batch)
-        pos = batch["item"]
+        users, pos = batch["user"], batch["item"]
         neg = batch.get("neg_item")
         if neg is None and not getattr(self.loss_fn, "needs_all_scores", False):
-            neg = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos, query=query)[0]
-        loss = self.ranking_loss(query, pos, neg)
+            # drawn here (not inside ranking_loss) so that the penalty covers the same rows
+            neg = self.sampler.sample_ids(pos.shape[0], self.num_negatives, query=query, users=users)
+        loss = self.ranking_loss(query, pos, neg, users)
         if self.config.reg_weight > 0:
             items = pos if neg is None else torch.cat([pos[:, None], neg], dim=1)
             reg = (

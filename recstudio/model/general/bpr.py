@@ -20,19 +20,20 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
 from recstudio.model.ops import Embedding, sampled_inner_product_loss, sum_squared_rows
+from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
 @register
 class BPR(TwoTowerRecommender):
-    """User/item embeddings, inner product, BPR pairwise loss with uniform negatives."""
+    """User/item embeddings, inner product, BPR pairwise loss with uniform negatives that are not
+    the user's training items (as in the paper)."""
 
     family: ClassVar[str] = "general"
-    view: ClassVar[str] = "triplet"
     description: ClassVar[str] = "Matrix factorisation with the BPR pairwise loss (Rendle et al., UAI 2009)."
 
     @dataclass
-    class Config:
+    class Config(RankingParts):
         embed_dim: int = 64
         """Dimension of user and item embeddings."""
         init_std: float = 0.01
@@ -40,10 +41,6 @@ class BPR(TwoTowerRecommender):
         reg_weight: float = 5e-3
         """L2 penalty on the embeddings used in the batch (users, positives, negatives), summed
         over the dimension and averaged over the batch; the BPR-Opt regulariser of the paper."""
-        scorer: str = "inner_product"
-        loss: str = "bpr"
-        sampler: str = "uniform"
-        num_negatives: int = 1
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
@@ -70,7 +67,7 @@ class BPR(TwoTowerRecommender):
             nn.init.normal_(table.weight, std=config.init_std)
             with torch.no_grad():
                 table.weight[0].zero_()
-        self.build_ranking_parts(data, config.scorer, config.loss, config.sampler, config.num_negatives)
+        self.build_ranking_parts(data, dim=d)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_emb(users)
@@ -92,7 +89,7 @@ class BPR(TwoTowerRecommender):
         plain_users = type(self).user_vectors is BPR.user_vectors and not self.sampler.uses_query
         kind = self.fused_loss_kind(table) if plain_users else None
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
-            candidates = self.candidate_ids(None, pos, batch.get("neg_item"))
+            candidates = self.candidate_ids(None, pos, batch.get("neg_item"), users)
             return sampled_inner_product_loss(
                 table,
                 self.item_emb.weight,
@@ -109,7 +106,7 @@ class BPR(TwoTowerRecommender):
             scored = pos
         else:
             pos_s, neg_s, log_q_pos, log_q_neg, scored = self.score_candidates(
-                query, pos, batch.get("neg_item")
+                query, pos, batch.get("neg_item"), users
             )
             loss = self.loss_fn(pos_s, neg_s, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
         if self.config.reg_weight > 0:

@@ -21,6 +21,7 @@ import torch
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
 
@@ -41,7 +42,7 @@ class EASE(TowerFreeRecommender):
     """Closed-form item-item regression with a zero diagonal."""
 
     family: ClassVar[str] = "general"
-    view: ClassVar[str] = "user"
+    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = "Closed-form item-item autoencoder with zero diagonal (Steck, WWW 2019)."
 
     @dataclass

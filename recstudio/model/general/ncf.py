@@ -9,9 +9,11 @@ He, Liao, Zhang, Nie, Hu, Chua. "Neural Collaborative Filtering." WWW 2017. The 
   separate embeddings, as in the paper.
 
 Trained pointwise (binary cross-entropy on the logit) with ``num_negatives`` uniform negatives per
-positive, the paper's log loss. Because the score is not a dot product, full ranking evaluates
-the network on every (user, item) pair; ``score_batch`` does that in chunks of bounded size and
-splits the first MLP layer into a user half and an item half so it costs one matmul per side.
+positive, the paper's log loss (the loss, sampler and their options are ``RankingParts`` config).
+Because the score is not a dot product, full ranking evaluates the network on every (user, item)
+pair, through the base class's memory-bounded item chunks; ``chunk_scores`` shares work across a
+chunk: NeuMF's output layer is linear over [GMF; MLP], so the GMF half is one matmul, and the first
+MLP layer is split into a user half and an item half computed once per side.
 """
 
 from __future__ import annotations
@@ -24,25 +26,26 @@ from torch import nn
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
-from recstudio.model.base import TowerFreeRecommender
+from recstudio.errors import ConfigError
+from recstudio.model.base import PairwiseRecommender
 from recstudio.model.ops import Embedding, gather_rows
+from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 Variant = Literal["gmf", "mlp", "neumf"]
 
 
 @register
-class NCF(TowerFreeRecommender):
+class NCF(PairwiseRecommender):
     """GMF / MLP / NeuMF scored pointwise with BCE over sampled negatives."""
 
     family: ClassVar[str] = "general"
-    view: ClassVar[str] = "triplet"
     description: ClassVar[str] = (
         "Neural Collaborative Filtering: GMF, MLP or NeuMF, BCE on sampled negatives (He et al., WWW 2017)."
     )
 
     @dataclass
-    class Config:
+    class Config(RankingParts):
         variant: Variant = "neumf"
         """gmf: weighted inner product; mlp: MLP over concatenated embeddings; neumf: both."""
         embed_dim: int = 64
@@ -54,7 +57,6 @@ class NCF(TowerFreeRecommender):
         init_std: float = 0.01
         """Standard deviation of the normal initialisation of the embeddings (paper: 0.01)."""
         loss: str = "bce"
-        sampler: str = "uniform"
         num_negatives: int = 4
         """Negatives per positive (paper: 4)."""
 
@@ -68,14 +70,6 @@ class NCF(TowerFreeRecommender):
         "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-7, 1e-6, 1e-5, 1e-4]},
     }
 
-    score_chunk_elements: ClassVar[int] = 1 << 19
-    """Upper bound on the elements of one hidden activation while full-ranking on CPU: 2 MiB
-    chunks stay in cache; 1 << 28 (one chunk per block) made a ml-100k validation pass 4x slower."""
-    score_chunk_elements_cuda: ClassVar[int] = 1 << 26
-    """The same bound on CUDA, where fewer, larger kernels win."""
-    score_chunk_rows: ClassVar[int] = 1 << 22
-    """Upper bound on the (user, item) pairs scored at once in ``score_batch``."""
-
     def __init__(
         self,
         config: Config,
@@ -84,9 +78,6 @@ class NCF(TowerFreeRecommender):
         eval_config: EvalConfig | None = None,
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
-        from recstudio.model.loss import build_loss
-        from recstudio.model.sampler import build_sampler
-
         d = config.embed_dim
         self.use_gmf = config.variant in ("gmf", "neumf")
         self.use_mlp = config.variant in ("mlp", "neumf")
@@ -97,8 +88,6 @@ class NCF(TowerFreeRecommender):
             out_dim += d
         if self.use_mlp:
             if not config.mlp_layers:
-                from recstudio.errors import ConfigError
-
                 raise ConfigError("config key 'model.mlp_layers' needs a layer for variant mlp/neumf")
             self.mlp_user = Embedding(data.num_users, d, padding_idx=0)
             self.mlp_item = Embedding(data.num_items, d, padding_idx=0)
@@ -113,14 +102,9 @@ class NCF(TowerFreeRecommender):
             self.mlp = nn.Sequential(*layers)
             out_dim += sizes[-1]
         self.predict = nn.Linear(out_dim, 1)
+        self.pair_width = max(config.mlp_layers) if self.use_mlp else 1
         self._init_weights(config.init_std)
-        self.loss_fn = build_loss(config.loss)
-        if getattr(self.loss_fn, "needs_all_scores", False):
-            from recstudio.errors import ConfigError
-
-            raise ConfigError(f"NCF scores sampled pairs; loss '{config.loss}' needs all scores")
-        self.sampler = build_sampler(config.sampler, data.num_items, data.item_popularity())
-        self.num_negatives = config.num_negatives
+        self.build_ranking_parts(data)
 
     def _init_weights(self, std: float) -> None:
         for module in self.modules():
@@ -149,14 +133,15 @@ class NCF(TowerFreeRecommender):
         users, items = torch.broadcast_tensors(users, items)
         return self.predict(self._hidden(users, items)).squeeze(-1)
 
-    def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits [B, C] of each user [B] against its own candidates ``items`` [B, C].
+    def candidate_scores(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] of each user of ``batch`` against its own candidates ``items`` [B, C].
 
         The same function as ``pair_scores``, arranged for training: the user side (GMF vector,
         first MLP layer) is computed once per user instead of once per candidate, and the item
         side of the first MLP layer once per catalogue item when the catalogue is smaller than
         the batch's candidates.
         """
+        users = batch["user"]
         parts = []
         if self.use_gmf:
             parts.append(self.gmf_user(users)[:, None, :] * self.gmf_item(items))
@@ -170,41 +155,21 @@ class NCF(TowerFreeRecommender):
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return self.predict(hidden).squeeze(-1)
 
-    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        users, pos = batch["user"], batch["item"]
-        neg = batch.get("neg_item")
-        if neg is None:
-            neg, log_q_neg, log_q_pos = self.sampler.sample(pos.shape[0], self.num_negatives, pos_items=pos)
-        else:
-            log_q_neg, log_q_pos = self.sampler.log_prob(neg), self.sampler.log_prob(pos)
-        scores = self.candidate_scores(users, torch.cat([pos[:, None], neg], dim=1))
-        return self.loss_fn(scores[:, 0], scores[:, 1:], log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+    def chunk_scores(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """Logits [B, c] of every user of ``batch`` against the item chunk ``items`` [c].
 
-    def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores [B, num_items], computed over item chunks of bounded size."""
+        NeuMF's output layer is linear over [gmf; mlp], so its GMF half is a weighted inner
+        product (one matmul) and only the MLP tower runs per (user, item) pair.
+        """
         users = batch["user"]
-        n_users, n_items = users.shape[0], self.num_items
-        if not self.use_mlp:  # GMF is a weighted inner product: h^T (p * q) = (p * h) . q
-            weight = self.predict.weight.squeeze(0)
-            return (self.gmf_user(users) * weight) @ self.gmf_item.weight.T + self.predict.bias
-        # NeuMF's output layer is linear over [gmf; mlp], so its GMF half is a weighted inner
-        # product (one matmul) and only the MLP tower runs per (user, item) pair.
-        layers = self.config.mlp_layers
         weight, bias = self.predict.weight.squeeze(0), self.predict.bias
+        out = torch.zeros(users.shape[0], items.shape[0], device=users.device) + bias
         if self.use_gmf:
             d = self.config.embed_dim
-            out = (self.gmf_user(users) * weight[:d]) @ self.gmf_item.weight.T + bias
-            w_mlp = weight[d:]
-        else:
-            out = bias.expand(n_users, n_items).clone()
-            w_mlp = weight
-        limit = self.score_chunk_elements if users.device.type == "cpu" else self.score_chunk_elements_cuda
-        rows = max(1, min(self.score_chunk_rows, limit // max(layers)))
-        chunk = max(1, rows // max(1, n_users))
-        mu = self.mlp_first_user(self.mlp_user(users))  # per-side first layer, once per block
-        for start in range(0, n_items, chunk):
-            items = torch.arange(start, min(start + chunk, n_items), device=users.device)
+            out += (self.gmf_user(users) * weight[:d]) @ self.gmf_item(items).T
+        if self.use_mlp:
+            w_mlp = weight[self.config.embed_dim :] if self.use_gmf else weight
+            mu = self.mlp_first_user(self.mlp_user(users))
             mi = self.mlp_first_item(self.mlp_item(items))
-            hidden = self.mlp(mu[:, None, :] + mi[None, :, :])
-            out[:, start : start + items.shape[0]] += hidden @ w_mlp
+            out += self.mlp(mu[:, None, :] + mi[None, :, :]) @ w_mlp
         return out

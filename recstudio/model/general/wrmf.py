@@ -25,6 +25,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
 
@@ -77,7 +78,7 @@ class WRMF(TowerFreeRecommender):
     """Implicit-feedback matrix factorisation solved exactly block by block (ALS)."""
 
     family: ClassVar[str] = "general"
-    view: ClassVar[str] = "als"
+    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("als"),))
     description: ClassVar[str] = (
         "Weighted implicit-feedback matrix factorisation by alternating least squares (Hu et al., ICDM 2008)."
     )

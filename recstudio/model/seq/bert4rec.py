@@ -18,7 +18,6 @@ scorer over ``item_vectors()``, which sampled losses and ANN retrieval rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.layers import (
     SEQUENCE_DEFAULT_OVERRIDES,
     TRANSFORMER_SEARCH_SPACE,
@@ -36,11 +36,12 @@ from recstudio.model.layers import (
     init_weights,
     trim_left_padding,
 )
+from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
 @dataclass
-class BERT4RecConfig:
+class BERT4RecConfig(RankingParts):
     """Hyperparameters of BERT4Rec; defaults follow the paper's ML-1m setting at hidden size 64."""
 
     max_seq_len: int = 50
@@ -59,17 +60,15 @@ class BERT4RecConfig:
     0.2 best on dense ML-1m and 0.4-0.6 on sparser data)."""
     last_mask_prob: float = 0.1
     """Share of training sequences masked at the last position only, matching the test task."""
-    loss: Literal["softmax", "sampled_softmax", "bce"] = "softmax"
-    """softmax: cross-entropy over all items (the paper's); sampled_softmax / bce: sampled negatives."""
-    num_negatives: int = 1
-    """Negatives per masked position for the sampled losses."""
-    sampler: str = "uniform"
-    """Negative sampler for the sampled losses (see ``recstudio.model.sampler``)."""
-    scorer: str = "inner_product"
+    loss: str = "softmax"
+    """softmax: cross-entropy over all items; sampled_softmax: over sampled negatives (log-Q
+    corrected); bce: binary cross-entropy with sampled negatives (the paper's); any other loss of
+    ``RankingParts`` works as well."""
 
     def validate(self) -> None:
         """Reject values that would fail later with a less clear message."""
-        for key in ("max_seq_len", "hidden_size", "num_layers", "num_heads", "num_negatives"):
+        super().validate()
+        for key in ("max_seq_len", "hidden_size", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(self, key)}")
         if self.max_seq_len < 2:
@@ -96,7 +95,6 @@ class BERT4Rec(ItemTowerRecommender):
     """Bidirectional self-attention with Cloze training; query = hidden state at an appended [MASK]."""
 
     family = "sequential"
-    view = "seq"
     Config = BERT4RecConfig
     description = "Sequential recommendation with bidirectional Transformers (Sun et al., CIKM 2019)"
     # Cloze training plateaus early (4 steps per ml-100k epoch at batch 256): with the shared
@@ -110,6 +108,12 @@ class BERT4Rec(ItemTowerRecommender):
         **TRANSFORMER_SEARCH_SPACE,
         "mask_ratio": {"type": "float", "low": 0.1, "high": 0.6},
     }
+
+    @classmethod
+    def data_contract(cls, config: BERT4RecConfig) -> DataContract:
+        """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
+        view = TrainInput("seq", options={"max_len": config.max_seq_len})
+        return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(
         self,
@@ -136,7 +140,7 @@ class BERT4Rec(ItemTowerRecommender):
         )
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         init_weights(self)
-        self.build_ranking_parts(data, config.scorer, config.loss, config.sampler, config.num_negatives)
+        self.build_ranking_parts(data, dim=d)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] of a left-padded batch [B, L]; every position sees the whole sequence."""
@@ -181,7 +185,8 @@ class BERT4Rec(ItemTowerRecommender):
         hidden = self.encode(seq.masked_fill(masked, self.mask_id))
         if not bool(masked.any()):  # only empty sequences in the batch
             return hidden.sum() * 0.0
-        return self.ranking_loss(self.head(hidden[masked]), seq[masked])
+        users = batch["user"][:, None].expand_as(seq)[masked]
+        return self.ranking_loss(self.head(hidden[masked]), seq[masked], users=users)
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, max_seq_len={self.max_seq_len}, mask_id={self.mask_id}"

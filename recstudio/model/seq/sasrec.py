@@ -22,7 +22,6 @@ fixed-length left-padded input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -30,6 +29,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.layers import (
     SEQUENCE_DEFAULT_OVERRIDES,
     TRANSFORMER_SEARCH_SPACE,
@@ -39,11 +39,12 @@ from recstudio.model.layers import (
     init_weights,
     trim_left_padding,
 )
+from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
 @dataclass
-class SASRecConfig:
+class SASRecConfig(RankingParts):
     """Hyperparameters of SASRec; defaults follow the paper at ml-1m scale (d=50 there, 64 here)."""
 
     max_seq_len: int = 50
@@ -57,18 +58,15 @@ class SASRecConfig:
     """Attention heads (the paper uses 1); hidden_size must be divisible by it."""
     dropout: float = 0.2
     """Dropout on embeddings, attention weights and hidden states."""
-    loss: Literal["softmax", "sampled_softmax", "bce"] = "softmax"
+    loss: str = "softmax"
     """softmax: cross-entropy over all items; sampled_softmax: over sampled negatives (log-Q
-    corrected); bce: binary cross-entropy with sampled negatives (the paper's objective)."""
-    num_negatives: int = 1
-    """Negatives per position for sampled losses (1 as in the paper; raise it for sampled_softmax)."""
-    sampler: str = "uniform"
-    """Negative sampler for the sampled losses (see ``recstudio.model.sampler``)."""
-    scorer: str = "inner_product"
+    corrected); bce: binary cross-entropy with sampled negatives (the paper's); any other loss of
+    ``RankingParts`` works as well."""
 
     def validate(self) -> None:
         """Reject values that would fail later with a less clear message."""
-        for key in ("max_seq_len", "hidden_size", "num_layers", "num_heads", "num_negatives"):
+        super().validate()
+        for key in ("max_seq_len", "hidden_size", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(self, key)}")
         if self.inner_size is not None and self.inner_size < 1:
@@ -87,11 +85,16 @@ class SASRec(ItemTowerRecommender):
     """Causal self-attention over the item sequence; query = hidden state at the last position."""
 
     family = "sequential"
-    view = "seq2seq"
     Config = SASRecConfig
     description = "Self-attentive sequential recommendation (Kang & McAuley, ICDM 2018)"
     default_overrides = SEQUENCE_DEFAULT_OVERRIDES
     search_space = dict(TRANSFORMER_SEARCH_SPACE)
+
+    @classmethod
+    def data_contract(cls, config: SASRecConfig) -> DataContract:
+        """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
+        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(
         self,
@@ -118,7 +121,7 @@ class SASRec(ItemTowerRecommender):
             norm_first=True,
         )
         init_weights(self)
-        self.build_ranking_parts(data, config.scorer, config.loss, config.sampler, config.num_negatives)
+        self.build_ranking_parts(data, dim=d)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] of a left-padded sequence batch [B, L]; position t sees items <= t."""
@@ -142,7 +145,8 @@ class SASRec(ItemTowerRecommender):
         valid = target != 0
         if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
             return hidden.sum() * 0.0
-        return self.ranking_loss(hidden[valid], target[valid])
+        users = batch["user"][:, None].expand_as(target)[valid]
+        return self.ranking_loss(hidden[valid], target[valid], users=users)
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, max_seq_len={self.max_seq_len}"

@@ -1,0 +1,89 @@
+"""A model's data contract: what it trains on, what its evaluation batches carry, its optimizers.
+
+Every model declares one ``DataContract`` (``Recommender.data_contract(config)``); the pipeline
+reads it and nothing else, so a model never reaches for data on its own and the pipeline never
+guesses (there is no "does the config happen to have a ``max_seq_len``").
+
+- ``inputs``: one or several training inputs, each a view of the prepared data (``triplet``,
+  ``pointwise``, ``user``, ``seq``, ``seq2seq``, ``als``, ``kg``; see ``recstudio.data.views``)
+  with its options. Input ``main`` feeds ``training_loss(batch)``; any other input ``x`` feeds
+  ``x_loss(batch)``, stepping the optimizer the input names.
+- ``alternate``: how several inputs share an epoch. ``"zip"``: every step gets one batch of each
+  input in one dict (the first input's keys as they are, the others' as ``"<name>.<key>"``), one
+  loss, one optimizer step (CKE's joint CF + KG loss); the epoch is as long as the longest input
+  and shorter ones start over. ``"step"``: inputs take turns step by step (A, B, A, B, ...), each
+  with its own loss and optimizer; the epoch ends when the longest input ends, shorter ones start
+  over. ``"epoch"``: all batches of the first input, then all of the second, ... (KGAT's CF then
+  KG pass, a GAN's generator then discriminator pass).
+- ``parts``: typed parts of the prepared data the model needs beyond interactions (``"kg"``,
+  ``"social"``); a dataset without them fails in one line before anything is built.
+- ``labelled``: the model trains on labelled rows (every row kept, a 0/1 label from the data's
+  label rule) and is judged pointwise (AUC, GAUC, log loss) unless the config asks otherwise.
+- ``eval_sequence``: evaluation batches carry each user's last L history items (``seq``,
+  ``seq_len``), for sequential models.
+- ``optimizers``: the optimizer names the inputs step, derived from ``inputs``;
+  ``Recommender.optimizer_groups()`` says which parameters each one moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from recstudio.errors import ModelError
+
+Alternate = Literal["zip", "step", "epoch"]
+PARTS = ("kg", "social")
+MAIN = "main"
+
+
+@dataclass(frozen=True)
+class TrainInput:
+    """One training input: a view of the data, the loss it feeds and the optimizer it steps."""
+
+    view: str
+    name: str = MAIN
+    """``main`` feeds ``training_loss``; another name ``x`` feeds the model's ``x_loss``."""
+    optimizer: str = MAIN
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """View options (e.g. ``max_len`` for sequence views, ``num_negatives`` for the kg view)."""
+    batch_size: int | None = None
+    """Batch size of this input; None: ``train.batch_size``."""
+
+    def loss_method(self) -> str:
+        return "training_loss" if self.name == MAIN else f"{self.name}_loss"
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """What a model needs from the data (see the module docstring)."""
+
+    inputs: tuple[TrainInput, ...] = (TrainInput("triplet"),)
+    alternate: Alternate = "step"
+    parts: tuple[str, ...] = ()
+    labelled: bool = False
+    eval_sequence: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ModelError("a data contract needs at least one training input")
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ModelError(f"training input names must be unique, got {names}")
+        if self.alternate not in ("zip", "step", "epoch"):
+            raise ModelError(f"alternate must be zip, step or epoch, got {self.alternate!r}")
+        unknown = [p for p in self.parts if p not in PARTS]
+        if unknown:
+            raise ModelError(f"unknown data part(s) {unknown}; parts are {', '.join(PARTS)}")
+        if self.alternate == "zip" and len({i.optimizer for i in self.inputs}) > 1:
+            raise ModelError("zipped inputs share one loss, hence one optimizer")
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        """Optimizer names in first-use order (``main`` first when present)."""
+        return tuple(dict.fromkeys(i.optimizer for i in self.inputs))
+
+    @property
+    def main(self) -> TrainInput:
+        return self.inputs[0]

@@ -1,0 +1,132 @@
+"""One place where a model's loss, negative sampler and scorer are built from its config.
+
+A model whose config inherits ``RankingParts`` gets the fields below as ordinary hyperparameters:
+settable with ``--set model.loss=sampled_softmax model.temperature=0.1``, validated at config time
+(unknown names list the valid ones), logged to MLflow and searchable by ``recstudio tune`` like
+any other field. ``build_parts(config, data, dim)`` turns them into modules; every base class
+calls it, so no model builds or wires these parts itself.
+
+Option fields apply to the parts that take them and are ignored by the others (a loss without a
+margin ignores ``margin``); ``None`` keeps the part's own default (InfoNCE's temperature 0.1,
+the hinge margin 1.0, the popularity exponent 1.0).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from recstudio.errors import ConfigError
+
+
+@dataclass
+class RankingParts:
+    """Loss, sampler and scorer options of a model (inherit this in the model's ``Config``)."""
+
+    loss: str = "bpr"
+    """Training loss: softmax, sampled_softmax, bpr, bce, hinge, warp, infonce, wrmf, pris."""
+    num_negatives: int = 1
+    """Negatives drawn per positive for sampled losses."""
+    sampler: str = "uniform"
+    """Negative sampler: uniform, or popularity (q proportional to (count + 1)^sampler_alpha)."""
+    exclude_positives: bool = True
+    """Never draw one of the user's training items as its negative (the BPR paper, RecBole);
+    false restores plain sampling from the whole catalogue."""
+    sampler_alpha: float | None = None
+    """Exponent of the popularity sampler (None: 1.0; word2vec uses 0.75)."""
+    scorer: str = "inner_product"
+    """How query and item vectors become a score: inner_product, cosine, euclidean, mlp."""
+    temperature: float | None = None
+    """Softmax temperature of softmax, sampled_softmax and infonce (None: 1.0, infonce 0.1)."""
+    margin: float | None = None
+    """Margin of the hinge and warp losses (None: 1.0)."""
+    scorer_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    """Hidden layer sizes of the mlp scorer."""
+
+    def validate(self) -> None:
+        from recstudio.model.loss import LOSSES
+        from recstudio.model.sampler import SAMPLERS
+        from recstudio.model.scorer import SCORERS
+
+        for key, valid in (("loss", LOSSES), ("sampler", SAMPLERS), ("scorer", SCORERS)):
+            value = getattr(self, key)
+            if value not in valid:
+                raise ConfigError(
+                    f"config key 'model.{key}' must be one of {', '.join(valid)}; got {value!r}"
+                )
+        if self.num_negatives < 1:
+            raise ConfigError(f"config key 'model.num_negatives' must be >= 1, got {self.num_negatives}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ConfigError(f"config key 'model.temperature' must be > 0, got {self.temperature}")
+        if self.margin is not None and self.margin < 0:
+            raise ConfigError(f"config key 'model.margin' must be >= 0, got {self.margin}")
+        if not self.scorer_hidden_sizes or any(h < 1 for h in self.scorer_hidden_sizes):
+            raise ConfigError(
+                "config key 'model.scorer_hidden_sizes' must be positive sizes, "
+                f"got {self.scorer_hidden_sizes}"
+            )
+
+
+def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``cls.__init__`` takes, without None values (None keeps its default)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in options.items() if k in params and v is not None}
+
+
+def build_loss_from(config: RankingParts, num_items: int) -> nn.Module:
+    from recstudio.model.loss import LOSSES
+
+    options = {"temperature": config.temperature, "margin": config.margin, "num_items": num_items}
+    cls = LOSSES[config.loss]
+    return cls(**_accepted(cls, options))
+
+
+def build_scorer_from(config: RankingParts, dim: int | None) -> nn.Module:
+    from recstudio.model.scorer import SCORERS
+
+    options = {"dim": dim, "hidden_sizes": list(config.scorer_hidden_sizes)}
+    cls = SCORERS[config.scorer]
+    return cls(**_accepted(cls, options))
+
+
+def build_sampler_from(config: RankingParts, data: Any) -> nn.Module:
+    """The negative sampler over the data's items; with ``exclude_positives`` it knows every
+    user's training items (labelled data: its positive rows)."""
+    from recstudio.model.sampler import build_sampler
+
+    options = {"alpha": config.sampler_alpha} if config.sampler_alpha is not None else {}
+    sampler = build_sampler(config.sampler, data.num_items, data.item_popularity(), **options)
+    if config.exclude_positives:
+        train = data.train
+        label = getattr(train, "label", None)
+        user, item = (
+            (train.user, train.item) if label is None else (train.user[label > 0.5], train.item[label > 0.5])
+        )
+        sampler.exclude(user, item, data.num_users)
+    return sampler
+
+
+@dataclass
+class Parts:
+    """The built modules (the model registers them as submodules)."""
+
+    loss: nn.Module
+    sampler: nn.Module
+    scorer: nn.Module
+    num_negatives: int
+
+
+def build_parts(config: RankingParts, data: Any, dim: int | None = None) -> Parts:
+    """Loss, sampler and scorer of ``config`` for ``data``; ``dim`` is the query/item width
+    (needed by the mlp scorer)."""
+    if not isinstance(config, RankingParts):
+        raise ConfigError(f"{type(config).__name__} does not declare ranking parts (inherit RankingParts)")
+    return Parts(
+        loss=build_loss_from(config, data.num_items),
+        sampler=build_sampler_from(config, data),
+        scorer=build_scorer_from(config, dim),
+        num_negatives=config.num_negatives,
+    )
