@@ -564,3 +564,26 @@ def test_info_shows_parts_and_labels(toy: Path, tmp_path: Path) -> None:
         info(toy, {"split": "loo"}, parts=("social",))
     labelled = info(toy, {"split": "loo", "label": "rating >= 5"}, parts=())
     assert labelled["labels"]["source"] == "data.label" and labelled["labels"]["rule"] == "rating >= 5"
+
+
+def test_info_text_shows_parts_and_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from recstudio.data.cli import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECSTUDIO_DATA_DIR", raising=False)
+    monkeypatch.setenv("RECSTUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _write(tmp_path / "raw")
+    (tmp_path / "raw" / "friends.tsv").unlink()
+    runner = CliRunner()
+    out = runner.invoke(datasets, ["info", str(spec), "-s", "split=loo"])
+    assert out.exit_code == 0, out.output
+    assert "kg: 5 triples, 6 entities, 2 relations; 4 items linked" in out.output
+    assert "social: not available: dataset 'toyparts' is missing friends.tsv" in out.output
+    assert "labels: rating >= 4 (the spec's rule); positive share: train" in out.output
+    out = runner.invoke(datasets, ["prepare", str(spec), "-s", "split=loo", "--parts", "kg", "--json"])
+    result = json.loads(out.output)
+    assert list(result["parts"]) == ["kg"] and result["parts"]["kg"]["cache_hit"] is True
+    out = runner.invoke(datasets, ["prepare", str(spec), "--parts", "kg,social"])
+    assert "missing friends.tsv" in str(out.exception)
