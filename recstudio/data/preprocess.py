@@ -644,7 +644,7 @@ def build_social(table: pa.Table, roles: dict[str, str], user_vocab: pa.Array, d
     }
     log.info(
         "%s: social graph (%s): %d links kept of %d rows; dropped %d naming users not in the "
-        "prepared interactions, %d self-loops, %d repeated links",
+        "prepared interactions, %d self-loops, %d repeated links%s",
         name,
         "directed" if directed else "undirected",
         counts["links"],
@@ -652,6 +652,7 @@ def build_social(table: pa.Table, roles: dict[str, str], user_vocab: pa.Array, d
         counts["unknown_users"],
         counts["self_loops"],
         counts["duplicates"],
+        "" if directed else " (a link listed in both directions counts once)",
     )
     graph = SocialGraph(
         source=torch.from_numpy(np.ascontiguousarray(a[order])),
