@@ -89,7 +89,7 @@ def list_command(cache_dir: str | None, as_json: bool) -> None:
         short = ", ".join(
             f"{k}={v}"
             for k, v in opts.items()
-            if k in ("min_rating", "min_user_inter", "min_item_inter", "split")
+            if k in ("min_rating", "min_user_inter", "min_item_inter", "split", "label")
         )
         state = "" if row["complete"] else f"  [incomplete: {row['problem']}]"
         click.echo(
