@@ -171,6 +171,10 @@ def test_spec_format_from_recbole_extensions() -> None:
         ),
         ({"social": {"file": "f.tsv", "directed": "yes"}}, "'social.directed'"),
         (
+            {"social": {"file": "f.tsv", "roles": {"source": "a", "target": "a"}}},
+            "'social.roles' must name a different",
+        ),
+        (
             {"social": {"file": "f.tsv", "columns": ["a", "b"], "roles": {"source": "a", "target": "c"}}},
             "'social.roles.target'",
         ),

@@ -810,6 +810,8 @@ def _relation_file(
         for role in required:
             if role not in roles:
                 v.fail(f"{key}.roles.{role}", f"is required when roles are given ({', '.join(required)})")
+        if len(set(roles.values())) != len(roles):
+            v.fail(f"{key}.roles", f"must name a different column for each role, got {roles}")
         if source.columns is not None:
             for role, col in roles.items():
                 if col not in source.columns:
