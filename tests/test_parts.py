@@ -215,6 +215,56 @@ def test_popularity_alpha_and_buffers_move_with_module() -> None:
     assert half.sample(10, 3)[0].min() >= 1
 
 
+@pytest.mark.parametrize("name", ["uniform", "popularity"])
+def test_excluded_positives_are_never_drawn_and_log_q_is_conditional(name: str) -> None:
+    """With the users named, no draw is one of the user's training items, and the empirical
+    frequencies match the conditional proposal that log q reports."""
+    torch.manual_seed(0)
+    counts = torch.tensor([0.0, 10.0, 0.0, 3.0, 50.0, 1.0, 7.0])
+    s = build_sampler(name, 7, counts)
+    # user 1 owns items 4 and 1 (most of the popularity mass), user 2 owns item 3
+    s.exclude(torch.tensor([1, 1, 2]), torch.tensor([4, 1, 3]), num_users=3)
+    users = torch.tensor([1, 2]).repeat_interleave(30000)
+    neg, log_q_neg, _ = s.sample(users.numel(), 4, pos_items=torch.ones_like(users), users=users)
+    for user, owned in ((1, {4, 1}), (2, {3})):
+        drawn = neg[users == user]
+        assert not any(int(i) in owned for i in drawn.unique())
+        freq = torch.bincount(drawn.flatten(), minlength=7).double() / drawn.numel()
+        q = torch.zeros(7, dtype=torch.float64)
+        rows = (users == user).nonzero()[0, 0]
+        for item in drawn.unique():
+            q[item] = (
+                log_q_neg[rows][neg[rows] == item][:1].double().exp().sum()
+                if (neg[rows] == item).any()
+                else 0
+            )
+        allowed = torch.tensor([i for i in range(1, 7) if i not in owned])
+        expected = s.log_prob(allowed).double().exp()
+        expected = expected / expected.sum()
+        assert (freq[allowed] - expected).abs().max() < 0.01
+        # log q of a draw is the conditional probability
+        item = int(neg[rows, 0])
+        got = log_q_neg[rows, 0].double().exp()
+        assert got == pytest.approx(float(expected[(allowed == item).nonzero()[0, 0]]), rel=1e-4)
+    # without users: plain draws, which do hit positives
+    plain = s.sample_ids(20000, 1)
+    assert (plain == 4).any()
+
+
+def test_model_negatives_avoid_training_positives_by_default() -> None:
+    from recstudio.model.general.bpr import BPR
+    from recstudio.testing import planted_data
+
+    data = planted_data(num_users=30, num_items=20, seed=1)
+    positives = set(zip(data.train.user.tolist(), data.train.item.tolist()))
+    users = data.train.user.repeat(20)
+    for exclude, expect_hits in ((True, False), (False, True)):
+        model = BPR(BPR.Config(exclude_positives=exclude), data)
+        neg = model.candidate_ids(None, torch.ones_like(users), users=users)[:, 1]
+        hits = any((u, i) in positives for u, i in zip(users.tolist(), neg.tolist()))
+        assert hits is expect_hits
+
+
 def test_sampler_errors() -> None:
     with pytest.raises(ConfigError, match="uniform, popularity"):
         build_sampler("dns", 10, None)

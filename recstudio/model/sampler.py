@@ -31,8 +31,10 @@ from torch import nn
 from recstudio.errors import ConfigError
 
 _SCALE = 1 << 52  # fixed-point unit of the popularity sampler's cumulative table
-MAX_REDRAWS = 32
-"""Rejection rounds for excluded positives (each redraws only the hits)."""
+MAX_REDRAWS = 8
+"""Rejection rounds for excluded positives (each redraws only the hits); the draws still hitting
+a positive after them (users owning most of the proposal mass) are drawn exactly from q
+restricted to the user's non-positives."""
 
 
 class Sampler(nn.Module):
@@ -62,7 +64,10 @@ class Sampler(nn.Module):
         mass.index_add_(0, users, self.log_prob(items.to(self.device)).double().exp().cpu())
         # log(1 - mass): the user's share of the proposal that remains drawable
         remaining = torch.log1p(-mass.clamp(max=1.0 - 1e-12)).float()
+        indptr = torch.zeros(num_users + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(users, minlength=num_users), 0, out=indptr[1:])
         self.register_buffer("_excluded", key.to(self.device), persistent=False)
+        self.register_buffer("_excluded_indptr", indptr.to(self.device), persistent=False)
         self.register_buffer("_log_remaining", remaining.to(self.device), persistent=False)
 
     @property
@@ -77,15 +82,43 @@ class Sampler(nn.Module):
         return keys[pos] == query
 
     def _redraw_positives(self, neg: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        users = users.to(neg.device).long()
         hits = self._hits(users, neg)
         for _ in range(MAX_REDRAWS):
             if not bool(hits.any()):
-                break
+                return neg
             rows, cols = hits.nonzero(as_tuple=True)
             fresh = self.draw(rows.numel(), 1).view(-1)
             neg = neg.index_put((rows, cols), fresh)
             hits[rows, cols] = self._hits(users[rows], fresh[:, None]).view(-1)
+        if bool(hits.any()):
+            rows, cols = hits.nonzero(as_tuple=True)
+            neg = neg.index_put((rows, cols), self._draw_exact(users[rows]))
         return neg
+
+    def _draw_exact(self, users: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+        """One draw per entry of ``users`` from q restricted to that user's non-positives (dense
+        weights over the catalogue, in chunks; only the few rejection leftovers come here). A
+        user without any drawable item keeps a uniform draw."""
+        keys, indptr = self._excluded, self._excluded_indptr
+        out = torch.empty(users.numel(), dtype=torch.long, device=users.device)
+        all_items = torch.arange(self.num_items, device=users.device)
+        weight = self.log_prob(all_items).exp().clamp_min(0)
+        rows_per_chunk = max(1, chunk_elements // self.num_items)
+        for start in range(0, users.numel(), rows_per_chunk):
+            u = users[start : start + rows_per_chunk]
+            w = weight.expand(u.numel(), -1).clone()
+            lengths = indptr[u + 1] - indptr[u]
+            row = torch.repeat_interleave(torch.arange(u.numel(), device=u.device), lengths)
+            first = torch.repeat_interleave(indptr[u], lengths)
+            offset = torch.arange(row.numel(), device=u.device) - torch.repeat_interleave(
+                torch.cumsum(lengths, 0) - lengths, lengths
+            )
+            w[row, keys[first + offset] % self.num_items] = 0.0
+            empty = w.sum(1) <= 0
+            w[empty, 1:] = 1.0
+            out[start : start + u.numel()] = torch.multinomial(w, 1).view(-1)
+        return out
 
     def log_prob(self, items: torch.Tensor) -> torch.Tensor:
         """log q(item), same shape as ``items`` (-inf for the padding id 0)."""
