@@ -2,7 +2,9 @@
 
 Protocol: ml-100k, ratings >= 3 (the dataset's default), binarized, duplicates dropped.
 General, autoencoder and feature models: per-user random split 0.8/0.1/0.1 (split_seed 2020).
-Sequential models (their default): chronological leave-one-out. Full ranking over all items with
+Sequential models (their default): chronological leave-one-out. Pointwise (CTR) models: the
+labelled rows (the spec's label rule), judged by AUC / GAUC / log loss. Social models run on
+lastfm-2k (its friendship graph) instead of ml-100k. Full ranking over all items with
 train (valid) / train+valid (test) history masked; early stopping on validation NDCG@10
 (patience 10); test metrics at the best validation epoch. Single seed, CPU.
 
@@ -16,12 +18,37 @@ import json
 import time
 from pathlib import Path
 
+COLUMNS = (
+    "recall@10",
+    "ndcg@10",
+    "mrr@10",
+    "hit@10",
+    "precision@10",
+    "map@10",
+    "auc",
+    "gauc",
+    "logloss",
+    "full_auc",
+)
+
+
+def default_dataset(name: str) -> str:
+    """ml-100k for every model, except lastfm-2k (its friendship graph) for social models."""
+    from recstudio.model.registry import get_model_class
+
+    cls = get_model_class(name)
+    return "lastfm-2k" if "social" in cls.data_contract(cls.Config()).parts else "ml-100k"
+
 
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--models", help="comma-separated names (default: all registered)")
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument(
+        "--dataset",
+        default="auto",
+        help="dataset for every model; auto: ml-100k, or lastfm-2k for models that need a social graph",
+    )
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="key=value for all")
     args = parser.parse_args()
@@ -33,12 +60,17 @@ def main() -> None:
     from recstudio.pipeline import RunOptions, run
 
     names = args.models.split(",") if args.models else [m.__name__ for m in all_models()]
-    spec = load_spec(args.dataset)
     overrides = dict(parse_set_option(s) for s in args.sets)
     rows = []
     for name in names:
+        dataset = args.dataset if args.dataset != "auto" else default_dataset(name)
+        spec = load_spec(dataset)
         cfg = resolve_config(
-            model=name, dataset=args.dataset, overrides=overrides, dataset_defaults=spec.defaults
+            model=name,
+            dataset=dataset,
+            overrides=overrides,
+            dataset_defaults=spec.defaults,
+            dataset_labels=spec.labels,
         )
         t0 = time.perf_counter()
         result = run(cfg, RunOptions(tracking=False, quiet=True))
@@ -46,25 +78,20 @@ def main() -> None:
         rows.append(
             {
                 "model": name,
+                "dataset": dataset,
                 "split": cfg.data.split,
                 "epochs": result["epochs"],
                 "best_epoch": result["best_epoch"],
                 "seconds": round(time.perf_counter() - t0, 1),
-                "recall@10": round(test["recall@10"], 4),
-                "ndcg@10": round(test["ndcg@10"], 4),
-                "mrr@10": round(test["mrr@10"], 4),
-                "hit@10": round(test["hit@10"], 4),
-                "precision@10": round(test["precision@10"], 4),
-                "map@10": round(test["map@10"], 4),
-                "auc": round(test["auc"], 4),
+                **{key: round(test[key], 4) for key in COLUMNS if key in test},
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(key for row in rows for key in row))
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
 
