@@ -34,22 +34,20 @@ def resolve_config(
     if not name:
         raise ConfigError("no model given: pass --model or set model.name in the config file")
     model_cls = get_model_class(name)
-    return resolve(
-        model_cls,
-        dataset,
-        overrides=overrides,
-        dataset_defaults=dataset_defaults,
-        file_layer=file_layer,
-        model_layer=model_data_layer(model_cls, dataset_labels),
-    )
+    common = dict(overrides=overrides, dataset_defaults=dataset_defaults, file_layer=file_layer)
+    cfg = resolve(model_cls, dataset, **common)
+    layer = model_data_layer(model_cls, cfg.model, dataset_labels)
+    if layer:  # resolved again with the layer under the config files and --set
+        cfg = resolve(model_cls, dataset, model_layer=layer, **common)
+    return cfg
 
 
-def model_data_layer(model_cls: type, dataset_labels: str | None) -> dict[str, Any]:
-    """Config values that depend on the model and the dataset together (see ``resolve``)."""
-    contract = getattr(model_cls, "data_contract", None)
-    labelled = bool(getattr(contract, "labelled", False)) if contract is not None else False
-    if labelled and dataset_labels:
-        # pointwise models train on every labelled row: the dataset's rating filter for top-k
-        # models does not apply, its label rule does
+def model_data_layer(model_cls: type, model_config: Any, dataset_labels: str | None) -> dict[str, Any]:
+    """Config values that depend on the model (under its resolved hyperparameters) and the
+    dataset together: a model whose data contract is ``labelled`` trains on every labelled row,
+    so the dataset's label rule becomes ``data.label`` and its rating filter for top-k models
+    (``min_rating``) is lifted. Files and ``--set`` still override both."""
+    contract = model_cls.data_contract(model_config)
+    if contract.labelled and dataset_labels:
         return {"data": {"label": dataset_labels, "min_rating": None}}
     return {}
