@@ -51,3 +51,44 @@ def model_data_layer(model_cls: type, model_config: Any, dataset_labels: str | N
     if contract.labelled and dataset_labels:
         return {"data": {"label": dataset_labels, "min_rating": None}}
     return {}
+
+
+def build_overrides(set_items: tuple[str, ...], config_flags: dict[str, Any]) -> dict[str, Any]:
+    """``--set key=value`` items (values read as YAML) with explicit flags on top."""
+    from recstudio.config import parse_set_option
+
+    overrides: dict[str, Any] = {}
+    for item in set_items:
+        key, value = parse_set_option(item)
+        overrides[key] = value
+    overrides.update(config_flags)  # explicit flags win over --set
+    return overrides
+
+
+def resolve_from_cli(
+    model: str | None,
+    dataset: str | None,
+    data_dir: str | None,
+    config_files: tuple[str, ...] | list[str],
+    set_items: tuple[str, ...],
+    config_flags: dict[str, Any],
+) -> ResolvedConfig:
+    """Resolve a config from command-line values exactly as ``recstudio run`` does (``tune`` and
+    ``evaluate`` too): the dataset may come from a config file; its spec supplies defaults and
+    its label rule."""
+    from recstudio.config import load_yaml
+    from recstudio.data import load_spec
+
+    file_dataset = None
+    for path in config_files:
+        file_dataset = load_yaml(path).get("dataset", file_dataset)
+    dataset_name = dataset or file_dataset
+    spec = load_spec(dataset_name, data_dir=data_dir) if dataset_name else None
+    return resolve_config(
+        model=model,
+        dataset=dataset_name,
+        config_files=list(config_files),
+        overrides=build_overrides(set_items, config_flags),
+        dataset_defaults=spec.defaults if spec is not None else None,
+        dataset_labels=spec.labels if spec is not None else None,
+    )

@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
-from recstudio.commands.run import parse_devices, resolve_from_cli
+from recstudio.commands.run import parse_devices
 from recstudio.errors import ConfigError
+from recstudio.experiment import resolve_from_cli
 
 
 def _from_run(run_id: str, tracking_uri: str | None, workdir: str) -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from recstudio.commands.options import config_flags
+from recstudio.experiment import resolve_from_cli
 
 
 def common_run_options(func: Any) -> Any:
@@ -71,17 +72,6 @@ def common_run_options(func: Any) -> Any:
     return func
 
 
-def build_overrides(set_items: tuple[str, ...], config_flags: dict[str, Any]) -> dict[str, Any]:
-    from recstudio.config import parse_set_option
-
-    overrides: dict[str, Any] = {}
-    for item in set_items:
-        key, value = parse_set_option(item)
-        overrides[key] = value
-    overrides.update(config_flags)  # explicit flags win over --set
-    return overrides
-
-
 def parse_devices(devices: str) -> int | str:
     from recstudio.errors import ConfigError
 
@@ -94,27 +84,6 @@ def parse_devices(devices: str) -> int | str:
     if value < 1:
         raise ConfigError(f"--devices expects a positive integer or 'auto', got '{devices}'")
     return value
-
-
-def resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags):
-    """Resolve the config exactly as ``recstudio run`` does (also used by ``tune``)."""
-    from recstudio.config import load_yaml
-    from recstudio.data import load_spec
-    from recstudio.experiment import resolve_config
-
-    file_dataset = None
-    for path in config_files:
-        file_dataset = load_yaml(path).get("dataset", file_dataset)
-    dataset_name = dataset or file_dataset
-    spec = load_spec(dataset_name, data_dir=data_dir) if dataset_name else None
-    return resolve_config(
-        model=model,
-        dataset=dataset_name,
-        config_files=list(config_files),
-        overrides=build_overrides(set_items, config_flags),
-        dataset_defaults=spec.defaults if spec is not None else None,
-        dataset_labels=getattr(spec, "labels", None),
-    )
 
 
 @click.command("run")

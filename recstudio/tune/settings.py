@@ -179,7 +179,7 @@ def build_settings(
     """
     # the config is resolved by the very function `recstudio run` uses, so that a trial and a
     # run with the same values are the same experiment
-    from recstudio.commands.run import build_overrides, resolve_from_cli
+    from recstudio.experiment import build_overrides, resolve_from_cli
     from recstudio.model.registry import get_model_class
     from recstudio.tune.space import config_fields, load_search_space, normalize, pin, resolve_key
     from recstudio.tune.storage import default_storage
