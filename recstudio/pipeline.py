@@ -262,11 +262,18 @@ def prepare_for(cfg: ResolvedConfig, options: RunOptions) -> Any:
     """The prepared data of ``cfg`` with the parts (knowledge graph, social graph) its model's
     data contract needs; a dataset without them fails here, in one line."""
     from recstudio.data import prepare
+    from recstudio.data.spec import PART_TITLES, PartMissing
+    from recstudio.errors import DataError
     from recstudio.model.registry import get_model_class
 
     parts = get_model_class(cfg.model_name).data_contract(cfg.model).parts
-    extra = {"parts": parts} if parts else {}
-    return prepare(cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir, **extra)
+    try:
+        return prepare(
+            cfg.dataset, cfg.data, data_dir=options.data_dir, cache_dir=options.cache_dir, parts=parts
+        )
+    except PartMissing as exc:
+        title = PART_TITLES.get(exc.part, exc.part)
+        raise DataError(f"model {cfg.model_name} needs a {title}, but {exc}") from None
 
 
 def _is_pruned(exc: BaseException) -> bool:
