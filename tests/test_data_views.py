@@ -53,6 +53,17 @@ def test_triplet_batches_cover_rows_once_per_epoch_with_new_order() -> None:
     assert torch.equal(torch.cat([b["item"] for b in _epoch(replay)]), torch.cat([b["item"] for b in second]))
 
 
+def test_static_negatives_avoid_the_users_training_items() -> None:
+    from recstudio.testing import planted_data
+
+    data = planted_data(num_users=30, num_items=20, seed=1)
+    view = build_view("triplet", data, batch_size=64, seed=0, static_negatives=3)
+    owned = set(zip(data.train.user.tolist(), data.train.item.tolist()))
+    for batch in view:
+        for user, negs in zip(batch["user"].tolist(), batch["neg_item"].tolist()):
+            assert not any((user, n) in owned for n in negs)
+
+
 def test_triplet_static_negatives() -> None:
     view = build_view("triplet", _data(), batch_size=4, seed=0, static_negatives=5)
     batch = next(iter(view))

@@ -103,10 +103,9 @@ class TripletDataset(BaseView):
     """One sample per training interaction: ``user``, ``item``, ``rating`` (float) [B], and
     ``neg_item`` [B, K] when ``static_negatives=K > 0``.
 
-    Static negatives are drawn once, uniformly from items 1..num_items-1 with ``torch.randint``
-    (never padding id 0). They are not checked against the user's positives, so a negative can
-    collide with a positive (probability ~ the user's share of items); samplers that must exclude
-    positives draw fresh negatives per batch instead.
+    Static negatives are drawn once, uniformly from items 1..num_items-1 (never padding id 0) and
+    never one of the row's user's training items (redrawn until they are not, as the samplers do
+    for fresh negatives; a user with every item keeps the last draw).
     """
 
     def __init__(
@@ -134,8 +133,8 @@ class TripletDataset(BaseView):
             if data.num_items < 2:
                 raise DataError(f"dataset '{data.name}' has no items to draw negatives from")
             generator = torch.Generator().manual_seed(seed + _NEGATIVE_SEED_OFFSET)
-            self.neg_item = torch.randint(
-                1, data.num_items, (self.num_rows, static_negatives), generator=generator
+            self.neg_item = _negatives_outside(
+                self.user, self.item, data.num_items, static_negatives, generator
             )
 
     def _batch(self, index: torch.Tensor) -> Batch:
@@ -147,6 +146,24 @@ class TripletDataset(BaseView):
     def _row_nbytes(self) -> int:
         columns = [self.user, self.item, self.rating] + ([self.neg_item] if self.neg_item is not None else [])
         return sum(c[:1].nbytes for c in columns)
+
+
+def _negatives_outside(
+    user: torch.Tensor, item: torch.Tensor, num_items: int, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[N, k] uniform item ids, none of them one of its row's user's items (rejection rounds
+    over the sorted (user, item) keys; load-time work, not a per-step path)."""
+    keys = torch.unique(user * num_items + item)
+    neg = torch.randint(1, num_items, (user.numel(), k), generator=generator)
+    for _ in range(64):
+        query = user[:, None] * num_items + neg
+        pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+        hits = keys[pos] == query
+        if not bool(hits.any()):
+            break
+        fresh = torch.randint(1, num_items, neg.shape, generator=generator)
+        neg = torch.where(hits, fresh, neg)
+    return neg
 
 
 class UserDataset(BaseView):
