@@ -141,11 +141,19 @@ def run_command(
         print_summary(result)
 
 
+def _summary_keys(metrics: dict[str, float]) -> set[str]:
+    """Metrics without a cutoff (auc, gauc, logloss) and those at cutoff 10, or at every cutoff
+    the run computed when 10 is not one of them."""
+    plain = {k for k in metrics if "@" not in k}
+    at10 = {k for k in metrics if k.endswith("@10")}
+    return plain | (at10 or {k for k in metrics if "@" in k})
+
+
 def print_summary(result: dict[str, Any]) -> None:
     click.echo(f"model {result['model']} on {result['dataset']}: best epoch {result['best_epoch']}")
     for split in ("valid", "test"):
         metrics = result.get(split) or {}
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "@10" in k or k == "auc")
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k in _summary_keys(metrics))
         click.echo(f"  {split:5s} {shown}")
     if result.get("run_id"):
         click.echo(f"  MLflow run {result['run_id']}  (recstudio ui to browse)")
