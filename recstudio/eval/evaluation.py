@@ -78,7 +78,9 @@ class Evaluation:
 
     def keys(self) -> list[str]:
         """The metric names ``compute`` returns."""
-        keys = list(self.ranking.keys) + (["auc"] if self.ranking and self.ranking.with_auc else [])
+        keys: list[str] = []
+        if self.ranking is not None:
+            keys = list(self.ranking.keys) + (["auc"] if self.ranking.with_auc else [])
         if self.pointwise is not None:
             keys = ["full_auc" if k == "auc" else k for k in keys] + list(self.pointwise.metrics)
         return keys
