@@ -46,11 +46,21 @@ def model_data_layer(model_cls: type, model_config: Any, dataset_labels: str | N
     """Config values that depend on the model (under its resolved hyperparameters) and the
     dataset together: a model whose data contract is ``labelled`` trains on every labelled row,
     so the dataset's label rule becomes ``data.label`` and its rating filter for top-k models
-    (``min_rating``) is lifted. Files and ``--set`` still override both."""
+    (``min_rating``) is lifted; it is judged pointwise, so its monitor is ``auc`` unless the
+    model's own section defaults name one (a model that an option makes pointwise, such as
+    ``FM`` with ``pointwise=true``, would otherwise keep the ranking monitor ``ndcg@10``, which
+    pointwise evaluation does not compute). Files and ``--set`` still override all of these."""
+    from recstudio.config import flatten
+
     contract = model_cls.data_contract(model_config)
-    if contract.labelled and dataset_labels:
-        return {"data": {"label": dataset_labels, "min_rating": None}}
-    return {}
+    if not contract.labelled:
+        return {}
+    layer: dict[str, Any] = {}
+    if dataset_labels:
+        layer["data"] = {"label": dataset_labels, "min_rating": None}
+    if "train.monitor" not in flatten(getattr(model_cls, "default_overrides", {}) or {}):
+        layer["train"] = {"monitor": "auc"}
+    return layer
 
 
 def build_overrides(set_items: tuple[str, ...], config_flags: dict[str, Any]) -> dict[str, Any]:
