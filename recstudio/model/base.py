@@ -525,14 +525,16 @@ class ItemTowerRecommender(Recommender):
         pos_items: torch.Tensor,
         neg_items: torch.Tensor | None = None,
         users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores of each query's positive and K negatives, with one gather for all candidates.
 
         Returns (pos_score [N], neg_score [N, K], log_q_pos [N], log_q_neg [N, K], candidate
-        ids [N, 1+K]); the ids let a model regularise exactly the rows it scored.
+        ids [N, 1+K]); the ids let a model regularise exactly the rows it scored. ``items``:
+        the item vectors to score against (default ``item_vectors()``).
         """
         candidates, log_q_pos, log_q_neg = self.sample_candidates(query, pos_items, neg_items, users)
-        vectors = gather_rows(self.item_vectors(), candidates)
+        vectors = gather_rows(self.item_vectors() if items is None else items, candidates)
         scores = self.scorer.gather(query, vectors)
         return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, candidates
 
@@ -575,26 +577,44 @@ class ItemTowerRecommender(Recommender):
         pos_items: torch.Tensor,
         neg_items: torch.Tensor | None = None,
         users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of flat queries [N, d] against their positive items [N] with the configured loss.
 
         Full-softmax losses score all items; the others draw ``num_negatives`` items from the
         sampler (log-probabilities passed along for log-Q correction / importance weights), or
         use ``neg_items`` [N, K] drawn at load time (static negatives). ``users`` [N] lets the
-        sampler avoid each user's training positives.
+        sampler avoid each user's training positives. ``items``: the item vectors to score
+        against (default ``item_vectors()``); a model whose item vectors come out of work shared
+        with its queries (a graph propagation) passes the step's own instead of recomputing them.
         """
+        return self.scored_ranking_loss(query, pos_items, neg_items, users, items)[0]
+
+    def scored_ranking_loss(
+        self,
+        query: torch.Tensor,
+        pos_items: torch.Tensor,
+        neg_items: torch.Tensor | None = None,
+        users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ranking_loss`` and the item ids it scored: the positives [N] for full-softmax
+        losses, else the candidates [N, 1+K] (positive first), so that a model can regularise
+        exactly the rows its loss used (BPR-Opt)."""
+        items = self.item_vectors() if items is None else items
         if getattr(self.loss_fn, "needs_all_scores", False):
-            all_scores = self.scorer.matrix(query, self.item_vectors())
+            all_scores = self.scorer.matrix(query, items)
             all_scores[:, 0] = -torch.inf  # padding is never a target
-            return self.loss_fn(all_scores, pos_items)
+            return self.loss_fn(all_scores, pos_items), pos_items
         kind = self.fused_loss_kind(query)
         if kind is not None:
             candidates = self.candidate_ids(query, pos_items, neg_items, users)
-            return sampled_inner_product_loss(query, self.item_vectors(), candidates, kind, padding_idx=None)
-        pos_score, neg_score, log_q_pos, log_q_neg, _ = self.score_candidates(
-            query, pos_items, neg_items, users
+            loss = sampled_inner_product_loss(query, items, candidates, kind, padding_idx=None)
+            return loss, candidates
+        pos_score, neg_score, log_q_pos, log_q_neg, candidates = self.score_candidates(
+            query, pos_items, neg_items, users, items
         )
-        return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+        return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg), candidates
 
 
 class TwoTowerRecommender(ItemTowerRecommender):
