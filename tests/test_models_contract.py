@@ -36,6 +36,14 @@ FAST = {
     "LightGCN": {"learning_rate": 1e-2, "batch_size": 256},
     "GRU4Rec": {"learning_rate": 5e-3, "batch_size": 64, "model.max_seq_len": 20},
 }
+# models that cannot express the planted structure by construction: they must train to finite
+# metrics no worse than a constant guess, and their own tests check what they can learn
+FIRST_ORDER = {
+    # the planted labels are a user-cluster x item-cluster interaction, which a sum of per-field
+    # weights cannot express (the best first-order row AUC there is ~0.5); tests/test_models_ctr.py
+    # checks that LR learns labels with a first-order signal
+    "LR": "first-order model",
+}
 
 
 def contract_of(name: str) -> DataContract:
@@ -89,6 +97,9 @@ def test_model_learns_planted_structure(name):
     assert all(math.isfinite(v) for v in test.values()), test
     if contract_of(name).labelled:
         assert set(test) >= {"auc", "gauc", "logloss"}
+        if name in FIRST_ORDER:
+            assert test["logloss"] < math.log(2) + 0.05, (name, test)
+            return
         baseline = pointwise_popularity_auc(data)
         assert test["auc"] > max(0.6, baseline + 0.1), (name, test, baseline)
         return

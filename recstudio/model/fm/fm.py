@@ -16,6 +16,17 @@ the item side I, with ``s_U = sum_U x v`` and ``pair_U = 1/2 (|s_U|^2 - sum_U x^
 so the query vector [s_U, 1, w0 + lin_U + pair_U] against the item vector [s_I, lin_I + pair_I, 1]
 with an inner product is exactly the FM, and full ranking is one matmul (an item-tower model,
 usable with ANN retrieval). With no side features it is MF with user and item biases.
+
+Two training modes (``pointwise``): by default a retriever, ranking each observed item above
+sampled negatives with the configured loss (BCE over 4 negatives); with ``pointwise=true`` a CTR
+model on labelled rows, log loss on every row's label (Rendle's regression/classification
+setting) and judged pointwise (AUC, GAUC, log loss), like LR and DeepFM: its data contract
+becomes labelled, so ``recstudio run`` gives it the dataset's label rule and an AUC monitor. The
+CTR models' split is not implied; pass it for the same protocol, e.g.
+``--set model.pointwise=true data.split=entry``. Either way the model is the same function and
+still ranks all items by one matmul. Unlike the CTR models (``recstudio.model.fm.fields``), a
+multi-hot field here is a weighted bag of features (Rendle's FM: every column is a feature, so
+pairs inside the bag interact too), and interaction context fields are not used.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import FeatureTable, PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.base import ItemTowerRecommender, pointwise_log_loss
+from recstudio.model.contract import DataContract
+from recstudio.model.fm.fields import CTR_CONTRACT
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -105,6 +118,9 @@ class FM(ItemTowerRecommender):
         """L2 penalty on the id embeddings of the batch's users and items (averaged over the batch)."""
         loss: str = "bce"
         num_negatives: int = 4
+        pointwise: bool = False
+        """Train on labelled rows with log loss and evaluate pointwise (a CTR model) instead of
+        ranking observed items above sampled negatives (a retriever)."""
 
         def validate(self) -> None:
             super().validate()
@@ -121,6 +137,11 @@ class FM(ItemTowerRecommender):
         # categorical so that the default 0 is a candidate (and --baseline can reproduce it)
         "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-7, 1e-6, 1e-5, 1e-4]},
     }
+
+    @classmethod
+    def data_contract(cls, config: Config) -> DataContract:
+        """Labelled rows (``pointwise``) or triplets with sampled negatives (the default)."""
+        return CTR_CONTRACT if config.pointwise else cls.contract
 
     def __init__(
         self,
@@ -152,13 +173,32 @@ class FM(ItemTowerRecommender):
         ones = torch.ones_like(rest)
         return torch.cat([s, ones[..., None], (rest + self.bias)[..., None]], dim=-1)
 
+    def _item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """[s_I, lin_I + pair_I, 1] of the item ids ``rows`` [...]."""
+        s, rest = self.item_side(rows)
+        return torch.cat([s, rest[..., None], torch.ones_like(rest)[..., None]], dim=-1)
+
     def item_vectors(self) -> torch.Tensor:
         """[s_I, lin_I + pair_I, 1] for every item id (row 0 is padding, never recommended)."""
-        rows = torch.arange(self.num_items, device=self.bias.device)
-        s, rest = self.item_side(rows)
-        return torch.cat([s, rest[:, None], torch.ones_like(rest)[:, None]], dim=-1)
+        return self._item_vectors(torch.arange(self.num_items, device=self.bias.device))
+
+    def score_pairs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """FM logits [N] of the rows' (user, item) pairs: from the evaluation pass's cached item
+        vectors, else from the rows' items only (pointwise training)."""
+        if "items" in self.eval_cache:
+            return super().score_pairs(batch)
+        return (self.query_vectors(batch) * self._item_vectors(batch["item"])).sum(-1)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "label" in batch:  # pointwise: log loss on every labelled row
+            loss = pointwise_log_loss(self.score_pairs(batch), batch["label"])
+            if self.config.reg_weight > 0:
+                reg = (
+                    self.user_side.vec["id"](batch["user"]).pow(2).sum()
+                    + self.item_side.vec["id"](batch["item"]).pow(2).sum()
+                )
+                loss = loss + self.config.reg_weight * reg / batch["user"].shape[0]
+            return loss
         query = self.query_vectors(batch)
         users, pos = batch["user"], batch["item"]
         neg = batch.get("neg_item")
