@@ -348,7 +348,8 @@ def test_pointwise_only_evaluation_lists_its_metrics() -> None:
 
 
 @pytest.mark.parametrize(
-    "key,value", [("embed_dim", 0), ("mlp_hidden_sizes", []), ("dropout", 1.0), ("init_std", 0.0)]
+    "key,value",
+    [("embed_dim", 0), ("mlp_hidden_sizes", []), ("dropout", 1.0), ("init_std", 0.0), ("pooling", "max")],
 )
 def test_deepfm_config_errors_name_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"model.{key}"):

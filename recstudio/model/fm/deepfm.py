@@ -64,6 +64,7 @@ class DeepFM(FieldRecommender):
         """Standard deviation of the normal initialisation of the field embeddings."""
 
         def validate(self) -> None:
+            super().validate()
             check_positive(self, "embed_dim")
             if not self.mlp_hidden_sizes or any(h < 1 for h in self.mlp_hidden_sizes):
                 raise ConfigError(

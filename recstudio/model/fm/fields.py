@@ -365,6 +365,10 @@ class FieldConfig:
     """How a multi-hot field (e.g. genres) pools its active columns: mean (RecBole's default;
     the field's scale does not grow with the number of columns) or sum."""
 
+    def validate(self) -> None:
+        if self.pooling not in ("mean", "sum"):
+            raise ConfigError(f"config key 'model.pooling' must be mean or sum, got {self.pooling!r}")
+
 
 class FieldRecommender(PairwiseRecommender):
     """Base of the CTR models: fields from ``FieldEmbedding``, a logit from ``logits(sides)``.
