@@ -1,4 +1,7 @@
-"""Transformer building blocks for sequence encoders over left-padded item sequences.
+"""Shared building blocks of models: transformer encoders for sequences, the TransR relation
+space of knowledge-graph models, and side-feature vectors.
+
+Transformer building blocks for sequence encoders over left-padded item sequences.
 
 Conventions (see ``docs/architecture.md``): sequences are int64 [B, L], left-padded with the
 padding id 0, most recent item last. Everything here is batch-first, builds its masks from the
@@ -14,12 +17,20 @@ padding with tensor ops (no per-sequence Python), and runs unchanged on CPU and 
   ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels where the backend has them)
   plus a position-wise feed-forward network, pre- or post-LayerNorm (Vaswani et al., NeurIPS 2017;
   Xiong et al., ICML 2020 for pre-LN).
+
+Knowledge graphs and side features:
+
+- ``TransR``: relation translations and projection matrices (Lin et al., AAAI 2015) over entity
+  vectors the model owns (CKE shares them with its item vectors), projecting a batch of triples
+  relation by relation; ``distance`` is the TransR score a structural loss ranks.
+- ``FeatureVectors``: a ``FeatureTable`` (categorical codes, multi-hot bags) as one learned vector
+  per id, for models that fuse side features into free embeddings (DiffNet).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -293,3 +304,124 @@ def left_padded_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> t
     to_left = ((steps[None, :] - pad) % length)[..., None]  # left[b, t] = out[b, t - pad_b]
     out = out.gather(1, to_left.expand(-1, -1, out.shape[2]))
     return out * (steps[None, :] >= pad)[..., None].to(out.dtype)
+
+
+# --------------------------------------------------------------------------- knowledge graphs
+
+RELATION_GROUP_LIMIT = 64
+"""Most distinct relations in a batch that ``TransR.project`` multiplies group by group; beyond
+it, one batched product over per-triple copies of the matrices (more memory, fewer kernels)."""
+
+
+class TransR(nn.Module):
+    """TransR's relation space (Lin, Liu, Sun, Liu, Zhu, AAAI 2015) over entity vectors the
+    model owns.
+
+    Relation r has a translation ``r`` [k] and a projection ``M_r`` [d, k]; a triple's distance is
+
+        f_r(h, t) = || n(h M_r) + n(r) - n(t M_r) ||^2,
+
+    where ``n`` is L2 normalisation when ``normalize`` (TransR's constraints ||h M_r||, ||t M_r||,
+    ||r|| <= 1 held with equality, as RecBole's CKE does; without it ``n`` is the identity).
+    Projections start as the identity (d = k; else a truncated identity), TransR's own
+    initialisation, so training starts from TransE. Relation id 0 is padding.
+
+    A batch is projected relation by relation (triples sorted by relation, one [c, m, d] @ [d, k]
+    product per distinct relation, at most ``RELATION_GROUP_LIMIT``): on the 2-core CPU this was
+    3x faster than one ``bmm`` over per-triple copies of the matrices (12 vs 40 ms forward and
+    backward for 2,777 ml-100k triples with a head, a tail and a corrupted tail, d = k = 64).
+    """
+
+    def __init__(
+        self,
+        num_relations: int,
+        entity_dim: int,
+        relation_dim: int,
+        normalize: bool = True,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.relation = nn.Embedding(num_relations, relation_dim, padding_idx=0)
+        nn.init.normal_(self.relation.weight, std=init_std)
+        with torch.no_grad():
+            self.relation.weight[0].zero_()
+        eye = torch.eye(entity_dim, relation_dim)
+        self.projection = nn.Parameter(eye.expand(num_relations, -1, -1).clone())
+
+    def project(self, x: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, m, d] (m entities per triple) times their triple's ``M_r``: [N, m, k]."""
+        distinct, counts = torch.unique(relation, return_counts=True)  # sorted; one device sync
+        if distinct.numel() > RELATION_GROUP_LIMIT:
+            return torch.bmm(x, self.projection[relation])
+        order = torch.argsort(relation, stable=True)
+        # split/unbind rather than slices and indexing: their backward is one cat/stack, where
+        # each slice's backward would fill a zero tensor the size of the whole batch or table
+        groups = torch.split(x[order], counts.tolist())
+        matrices = self.projection.unbind(0)
+        parts = [group @ matrices[rel] for group, rel in zip(groups, distinct.tolist())]
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def distance(self, head: torch.Tensor, relation: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+        """f_r(h, t) [N, m] of head vectors [N, d], relations [N] and m tail vectors [N, m, d]
+        per triple (the true tail and corrupted ones share the head's projection)."""
+        projected = self.project(torch.cat([head.unsqueeze(1), tails], dim=1), relation)
+        r = self.relation(relation)
+        if self.normalize:
+            projected = F.normalize(projected, dim=-1)
+            r = F.normalize(r, dim=-1)
+        h, t = projected[:, :1], projected[:, 1:]
+        return (h + r.unsqueeze(1) - t).square().sum(-1)
+
+
+# --------------------------------------------------------------------------- side features
+
+
+class FeatureVectors(nn.Module):
+    """Side features of users or items as one learned vector per id: the sum over fields of a
+    categorical field's code embedding (code 0, unknown or padding, is a zero row that never
+    trains) and a multi-hot field's weighted mean of column embeddings (a row with no active
+    column gives zero). This is ``F y`` of a one-hot/multi-hot feature vector ``y``, the feature
+    map that fusion layers (DiffNet's ``sigma(F y) + q``) put beside free embeddings.
+
+    ``features`` is a ``recstudio.data.dataset.FeatureTable``; its codes and bags become
+    non-persistent buffers (they follow ``.to(device)`` and stay out of checkpoints).
+    """
+
+    def __init__(self, features: Any, dim: int, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.categorical = sorted(features.categorical)
+        self.multi_hot = sorted(features.multi_hot)
+        self.codes = nn.ModuleDict()
+        self.bags = nn.ModuleDict()
+        for name in self.categorical:
+            self.codes[name] = nn.Embedding(int(features.cardinality[name]), dim, padding_idx=0)
+            self.register_buffer(f"code_{name}", features.categorical[name].long().clone(), persistent=False)
+        for name in self.multi_hot:
+            bag = features.multi_hot[name].float()
+            bag = bag / bag.sum(1, keepdim=True).clamp_min(torch.finfo(bag.dtype).tiny)
+            self.bags[name] = nn.Linear(bag.shape[1], dim, bias=False)
+            self.register_buffer(f"bag_{name}", bag.clone(), persistent=False)
+        for module in [*self.codes.values(), *self.bags.values()]:
+            nn.init.normal_(module.weight, std=init_std)
+        for table in self.codes.values():
+            with torch.no_grad():
+                table.weight[0].zero_()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.categorical and not self.multi_hot
+
+    def forward(self) -> torch.Tensor:
+        """[num_rows, dim]: every id's feature vector (a table without fields has none: check
+        ``is_empty`` first)."""
+        out = None
+        for name in self.categorical:
+            part = self.codes[name](getattr(self, f"code_{name}"))
+            out = part if out is None else out + part
+        for name in self.multi_hot:
+            part = self.bags[name](getattr(self, f"bag_{name}"))
+            out = part if out is None else out + part
+        if out is None:
+            raise ValueError("FeatureVectors has no feature fields")
+        return out
