@@ -55,12 +55,16 @@ def protocol_text(data_config: Any, kind: str) -> str:
     return ", ".join(parts)
 
 
-def run_recbole(python: str, work: Path, name: str, model: str, epochs: int) -> dict[str, Any]:
+def run_recbole(
+    python: str, work: Path, name: str, model: str, epochs: int, threads: int = 0
+) -> dict[str, Any]:
     """recbole_run.py in the RecBole environment; its stderr goes to ``work/<name>.recbole.log``."""
     cmd = [python, str(HERE / "recbole_run.py"), "--data", str(work), "--dataset", name, "--model", model]
     cmd += ["--workdir", str(work / f"{name}.recbole")]
     if epochs:
         cmd += ["--epochs", str(epochs)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     log = work / f"{name}.recbole.log"
     with log.open("w") as err:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, check=False)
@@ -157,6 +161,12 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=0, help="cap both libraries' epochs (0: their defaults)"
     )
+    parser.add_argument(
+        "--recbole-threads",
+        type=int,
+        default=0,
+        help="RecBole's torch threads (0: torch's default); 1 on a machine shared with other jobs",
+    )
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--recbole-results", help="JSON lines of earlier recbole_run.py runs to reuse")
     parser.add_argument("--json", dest="json_out")
@@ -192,7 +202,9 @@ def main() -> None:
             row["recbole"] = reuse[rb_name]
         elif args.recbole_python:
             print(f"{model}: RecBole on {summary['folder']} ...", file=sys.stderr, flush=True)
-            row["recbole"] = run_recbole(args.recbole_python, work, name, rb_name, args.epochs)
+            row["recbole"] = run_recbole(
+                args.recbole_python, work, name, rb_name, args.epochs, args.recbole_threads
+            )
         if model in registered and not args.skip_ours:
             print(f"{model}: ours ...", file=sys.stderr, flush=True)
             try:
