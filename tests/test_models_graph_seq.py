@@ -348,12 +348,13 @@ def test_gru4rec_cuda_matches_cpu(small):
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda().eval()
     batch = {"seq": left_pad(ROWS, 12), "user": torch.arange(1, 5)}
-    with torch.no_grad():
-        want = cpu.score_batch(batch)
-        got = gpu.score_batch({k: v.cuda() for k, v in batch.items()})
-    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
     seq = left_pad([r[:-1] for r in ROWS], 12)
     train = {"seq": seq, "target": left_pad([r[1:] for r in ROWS], 12), "user": torch.arange(1, 5)}
-    loss_cpu = cpu.training_loss(train)
-    loss_gpu = gpu.training_loss({k: v.cuda() for k, v in train.items()})
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():  # fp32 GRU
+        want = cpu.score_batch(batch)
+        got = gpu.score_batch({k: v.cuda() for k, v in batch.items()})
+        loss_cpu = cpu.training_loss(train)
+        loss_gpu = gpu.training_loss({k: v.cuda() for k, v in train.items()})
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, rtol=1e-4, atol=1e-5)
