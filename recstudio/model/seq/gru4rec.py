@@ -24,7 +24,8 @@ Departures, on purpose: the default loss is the full softmax cross-entropy over 
 cross-entropy over sampled items; the paper's BPR-max and TOP1-max are not implemented, and any
 ``RankingParts`` loss can be chosen instead (``bpr``, ``bce`` or ``sampled_softmax`` with
 sampled negatives, which exclude the user's training items by default). Training uses Adam, not
-the paper's Adagrad. The GRU keeps its biases (the paper's; RecBole drops them).
+the paper's Adagrad, at 5e-3 (RecBole: 1e-3) over the last 100 items (RecBole: 50), both
+chosen on validation. The GRU keeps its biases (the paper's; RecBole drops them).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ from recstudio.model.registry import register
 
 @dataclass
 class GRU4RecConfig(RankingParts):
-    """Hyperparameters of GRU4Rec; defaults as RecBole 1.2.1's GRU4Rec."""
+    """Hyperparameters of GRU4Rec; architecture defaults as RecBole 1.2.1's GRU4Rec."""
 
-    max_seq_len: int = 50
+    max_seq_len: int = 100
     """Longest input sequence (the most recent items are kept); the pipeline passes it to the
-    ``seq2seq`` view and to the evaluation split."""
+    ``seq2seq`` view and to the evaluation split. RecBole's MAX_ITEM_LIST_LENGTH is 50; 100
+    validated higher on ml-100k on three seeds (valid NDCG@10 0.1037 vs 0.0974 on average)."""
     embed_dim: int = 64
     """Item embedding width (input and output: the table is shared)."""
     hidden_size: int = 128
@@ -83,10 +85,16 @@ class GRU4Rec(ItemTowerRecommender):
     family = "sequential"
     Config = GRU4RecConfig
     description = "GRU over item sequences (Hidasi et al., ICLR 2016; Hidasi & Karatzoglou, CIKM 2018)"
-    default_overrides = SEQUENCE_DEFAULT_OVERRIDES
+    # whole-sequence training makes ~4 steps of 256 users per ml-100k epoch (RecBole's prefix
+    # samples make ~40 of 2048): lr 5e-3 validated best of 1e-3..1e-2 (benchmarks/README.md)
+    default_overrides = {
+        **SEQUENCE_DEFAULT_OVERRIDES,
+        "train": {**SEQUENCE_DEFAULT_OVERRIDES["train"], "learning_rate": 5e-3, "early_stop_patience": 20},
+    }
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4]},
+        "max_seq_len": {"type": "categorical", "choices": [50, 100, 200]},
         "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
         "hidden_size": {"type": "categorical", "choices": [64, 128, 256]},
         "num_layers": {"type": "int", "low": 1, "high": 3},
