@@ -246,3 +246,22 @@ def test_console_exit_runs_exit_handlers_and_keeps_the_code(tmp_path: Path, args
         assert "unknown model 'NoSuchModel'" in out.stderr
     else:
         assert "version" in out.stdout
+
+
+
+def test_summary_shows_every_cutoff_asked_for(workdir: Path, capsys) -> None:
+    """``--set 'eval.cutoffs=[10,20]'``: the summary table has a column per cutoff (issue 13)."""
+    from recstudio.cli import main
+    from recstudio.commands.run import summary_lines
+
+    spec = write_toy_dataset(workdir)
+    main(["run", "-m", "BPR", "-d", str(spec), "--epochs", "2", "--no-tracking", "-q",
+          "--set", "eval.cutoffs=[10,20]"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "@10" in out and "@20" in out and "ndcg" in out and "auc=" in out
+
+    lines = summary_lines({"ndcg@10": 0.25, "ndcg@20": 0.3, "recall@20": 0.5, "auc": 0.9})
+    assert lines[0].split() == ["@10", "@20"]
+    assert lines[1].split() == ["ndcg", "0.2500", "0.3000"]
+    assert lines[2].split() == ["recall", "-", "0.5000"]
+    assert lines[3] == "auc=0.9000"

@@ -141,20 +141,32 @@ def run_command(
         print_summary(result)
 
 
-def _summary_keys(metrics: dict[str, float]) -> set[str]:
-    """Metrics without a cutoff (auc, gauc, logloss) and those at cutoff 10, or at every cutoff
-    the run computed when 10 is not one of them."""
-    plain = {k for k in metrics if "@" not in k}
-    at10 = {k for k in metrics if k.endswith("@10")}
-    return plain | (at10 or {k for k in metrics if "@" in k})
+def summary_lines(metrics: dict[str, float]) -> list[str]:
+    """A compact table of one split's metrics: one row per ranking metric with a column per
+    cutoff the run computed (every one of ``eval.cutoffs``), then the metrics without a cutoff
+    (auc, gauc, logloss) on one line."""
+    cutoffs = sorted({int(k.rsplit("@", 1)[1]) for k in metrics if "@" in k})
+    names = sorted({k.rsplit("@", 1)[0] for k in metrics if "@" in k})
+    lines = []
+    if cutoffs:
+        lines.append(f"{'':10s}" + "".join(f"{'@' + str(c):>9s}" for c in cutoffs))
+        for name in names:
+            cells = (metrics.get(f"{name}@{c}") for c in cutoffs)
+            lines.append(f"{name:10s}" + "".join(f"{v:9.4f}" if v is not None else f"{'-':>9s}" for v in cells))
+    plain = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "@" not in k)
+    if plain:
+        lines.append(plain)
+    return lines
 
 
 def print_summary(result: dict[str, Any]) -> None:
     click.echo(f"model {result['model']} on {result['dataset']}: best epoch {result['best_epoch']}")
     for split in ("valid", "test"):
         metrics = result.get(split) or {}
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k in _summary_keys(metrics))
-        click.echo(f"  {split:5s} {shown}")
+        lines = summary_lines(metrics) or ["(not evaluated)"]
+        click.echo(f"  {split:5s} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {'':5s} {line}")
     if result.get("run_id"):
         click.echo(f"  MLflow run {result['run_id']}  (recstudio ui to browse)")
     click.echo(f"  checkpoint {result['checkpoint']}")
