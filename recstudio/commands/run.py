@@ -152,7 +152,8 @@ def summary_lines(metrics: dict[str, float]) -> list[str]:
         lines.append(f"{'':10s}" + "".join(f"{'@' + str(c):>9s}" for c in cutoffs))
         for name in names:
             cells = (metrics.get(f"{name}@{c}") for c in cutoffs)
-            lines.append(f"{name:10s}" + "".join(f"{v:9.4f}" if v is not None else f"{'-':>9s}" for v in cells))
+            row = "".join(f"{v:9.4f}" if v is not None else f"{'-':>9s}" for v in cells)
+            lines.append(f"{name:10s}{row}")
     plain = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "@" not in k)
     if plain:
         lines.append(plain)
