@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -309,6 +311,53 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_RANGE_RE = re.compile(
+    r"^\s*(?:(?P<op>>=|>|<=|<)\s*(?P<bound>[-+.\deE]+)"
+    r"|(?P<lo_b>[\[(])\s*(?P<lo>[-+.\deE]+)\s*,\s*(?P<hi>[-+.\deE]+)\s*(?P<hi_b>[\])]))\s*$"
+)
+
+
+def parse_range(text: str) -> Callable[[float], bool]:
+    """A predicate for a declared range: ``">= 1"``, ``"> 0"``, ``"[0, 1)"``, ``"(0, 1]"``."""
+    m = _RANGE_RE.match(text)
+    if m is None:
+        raise ValueError(f"malformed range {text!r}: expected e.g. '>= 1', '> 0' or '[0, 1)'")
+    if m["op"]:
+        b = float(m["bound"])
+        return {
+            ">=": lambda v: v >= b,
+            ">": lambda v: v > b,
+            "<=": lambda v: v <= b,
+            "<": lambda v: v < b,
+        }[m["op"]]
+    lo, hi = float(m["lo"]), float(m["hi"])
+    lo_ok = (lambda v: v >= lo) if m["lo_b"] == "[" else (lambda v: v > lo)
+    hi_ok = (lambda v: v <= hi) if m["hi_b"] == "]" else (lambda v: v < hi)
+    return lambda v: lo_ok(v) and hi_ok(v)
+
+
+def declared_ranges(cls: type) -> dict[str, str]:
+    """The ``ranges`` a config class and its bases declare (field name -> range text)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(klass.__dict__.get("ranges", {}) or {})
+    return out
+
+
+def check_declared_ranges(obj: Any, prefix: str) -> None:
+    """Each field with a declared range holds a value in it (a list: every element; None
+    passes: it means "the default"); else one ConfigError naming the key and the range."""
+    for key, text in declared_ranges(type(obj)).items():
+        value = getattr(obj, key)
+        values = value if isinstance(value, list) else [value]
+        inside = parse_range(text)
+        for v in values:
+            if v is not None and not (isinstance(v, int | float) and inside(v)):
+                where = "must be in" if text.lstrip()[0] in "[(" else "must be"
+                each = " (each element)" if isinstance(value, list) else ""
+                raise ConfigError(f"config key '{prefix}.{key}'{each} {where} {text}, got {value!r}")
+
+
 def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad types are ConfigErrors."""
     if not isinstance(values, dict):
@@ -323,6 +372,7 @@ def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{prefix}.{key}'{hint}")
         kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}")
     obj = cls(**kwargs)
+    check_declared_ranges(obj, prefix)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()

@@ -124,6 +124,14 @@ def test_evaluate_needs_one_source(workdir: Path) -> None:
             "'train.epochs' expects an integer",
         ),
         (["run", "-m", "BPR", "-d", "SPEC", "--min-rating", "9"], "removed every interaction"),
+        (
+            ["run", "-m", "BPR", "-d", "SPEC", "--set", "model.embed_dim=-5"],
+            "config key 'model.embed_dim' must be >= 1, got -5",
+        ),
+        (
+            ["run", "-m", "SASRec", "-d", "SPEC", "--set", "model.dropout=1.5"],
+            "config key 'model.dropout' must be in [0, 1), got 1.5",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(workdir: Path, args, expected, capsys, monkeypatch):
@@ -213,6 +221,7 @@ def test_models_command_shows_one_models_contract_defaults_and_space(workdir: Pa
     main(["models", "bpr"])
     out = capsys.readouterr().out
     assert "trains on: triplet" in out and "search space" in out and "reg_weight" in out
+    assert "embed_dim = 64  (>= 1)" in out  # the allowed range beside the default
 
 
 def test_python_api_matches_cli_result(workdir: Path):
@@ -246,7 +255,6 @@ def test_console_exit_runs_exit_handlers_and_keeps_the_code(tmp_path: Path, args
         assert "unknown model 'NoSuchModel'" in out.stderr
     else:
         assert "version" in out.stdout
-
 
 
 def test_summary_shows_every_cutoff_asked_for(workdir: Path, capsys) -> None:
