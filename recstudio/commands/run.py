@@ -12,6 +12,12 @@ import click
 from recstudio.commands.options import config_flags
 from recstudio.experiment import resolve_from_cli
 
+TRACKING_URI_HELP = (
+    "MLflow tracking URI: sqlite:///PATH/mlflow.db, http://HOST:5000 or postgresql+psycopg://USER@HOST/DB "
+    "(default $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db; MLflow 3 refuses a plain folder "
+    "such as ./mlruns)."
+)
+
 
 def common_run_options(func: Any) -> Any:
     """Options shared by ``run`` and ``tune``."""
@@ -44,7 +50,14 @@ def common_run_options(func: Any) -> Any:
                 help="Override any config key.",
             ),
             click.option(
-                "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns)."
+                "--tracking-uri",
+                help=TRACKING_URI_HELP,
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False),
+                help="Folder of the prepared-data cache (default $RECSTUDIO_CACHE_DIR, else "
+                "./datasets/.cache).",
             ),
             click.option("--experiment", default=None, help="MLflow experiment name."),
             click.option(
@@ -97,6 +110,7 @@ def run_command(
     config_files,
     set_items,
     tracking_uri,
+    cache_dir,
     experiment,
     accelerator,
     devices,
@@ -123,6 +137,7 @@ def run_command(
 
     options = RunOptions(
         data_dir=data_dir,
+        cache_dir=cache_dir,
         tracking=not no_tracking,
         tracking_uri=tracking_uri,
         experiment=experiment or "recstudio",

@@ -49,10 +49,47 @@ def mlflow_client(tracking_uri: str):
 
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
-        db.parent.mkdir(parents=True, exist_ok=True)
+        check_local_store(db, tracking_uri)
         if not db.exists():
             seed_sqlite_store(db)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_local_store(db: Path, tracking_uri: str) -> None:
+    """Fail in one line, at once, when a local SQLite store cannot be used.
+
+    MLflow retries opening any SQL store for ~100 s (meant for a database server that is still
+    starting); a folder that cannot be written or a file that is not a database never recovers.
+    Remote stores (http, postgresql) keep MLflow's retries.
+    """
+    hint = "pass --tracking-uri sqlite:///<writable folder>/mlflow.db (or set MLFLOW_TRACKING_URI)"
+
+    def fail(reason: str) -> TrackingError:
+        return TrackingError(f"cannot use the MLflow tracking store '{tracking_uri}': {reason}; {hint}")
+
+    import sqlite3
+    import tempfile
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create folder '{db.parent}' ({exc.strerror or exc})") from None
+    if not db.exists():
+        try:  # a probe file: os.access says yes to root on a read-only file system
+            fd, probe = tempfile.mkstemp(dir=db.parent, prefix=".mlflow-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise fail(f"folder '{db.parent}' is not writable ({exc.strerror or exc})") from None
+        return
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=10)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise fail(f"'{db}' cannot be opened as a SQLite database ({exc})") from None
 
 
 def _store_template_path() -> Path:
@@ -147,6 +184,8 @@ class Tracker:
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+        except TrackingError:
+            raise
         except Exception as exc:
             raise TrackingError(f"cannot open MLflow tracking store '{self.tracking_uri}': {exc}") from exc
         self.run_id: str = run.info.run_id
