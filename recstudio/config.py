@@ -63,6 +63,10 @@ class DataConfig:
     split_order: SplitOrder = "random"
     """random (seeded shuffle) or time (chronological; ties keep file order). loo is always time."""
     split_seed: int = 2020
+    valid_from_train: float = 0.0
+    """For ready-made splits without a valid file (``splits: {train, test}``): the share of each
+    user's train rows held out as validation, so early stopping and the best epoch work; ordered
+    by ``split_order`` (time: the user's latest rows). 0: no validation split."""
     label: str | None = None
     """Label rule for pointwise (CTR) data, ``"<column> <op> <number>"`` (op: >=, >, <=, <, ==, !=)
     on a role (``rating``, ``timestamp``) or any column of the interactions file, e.g.
@@ -391,6 +395,8 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         )
     if d.min_user_inter < 0 or d.min_item_inter < 0:
         raise ConfigError("config keys 'data.min_user_inter' and 'data.min_item_inter' must be >= 0")
+    if not 0.0 <= d.valid_from_train < 1.0:
+        raise ConfigError(f"config key 'data.valid_from_train' must be in [0, 1), got {d.valid_from_train}")
     for key in ("epochs", "batch_size", "val_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")

@@ -155,6 +155,8 @@ def _tame_lightning_logs(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned.*None.*")
         # metrics are all-reduced by the evaluator itself before they are logged
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
+    # no validation split is reported once, by train_and_test, with what to do about it
+    warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
 
 
 def _best_epoch(history: list[dict[str, float]], monitor_key: str) -> dict[str, float] | None:
@@ -499,6 +501,12 @@ def train_and_test(
     valid_loader = plan.loader("valid", rank, world_size) if plan.has_split("valid") else None
     has_valid = valid_loader is not None and len(valid_loader) > 0
     test_loader = plan.loader("test", rank, world_size)
+    if not has_valid and rank == 0:
+        log.info(
+            "%s has no validation split: no early stopping, the last epoch is tested "
+            "(ready-made splits: set data.valid_from_train, e.g. --valid-from-train 0.1)",
+            cfg.dataset,
+        )
 
     t0 = time.perf_counter()
     model.fit_closed_form(data)
