@@ -45,6 +45,10 @@ class RunOptions:
     devices: int | str = "auto"
     quiet: bool = False
     verbose: bool = False
+    progress: str = "auto"
+    """auto | bar | lines | none (``recstudio.progress``); -q does not silence lines."""
+    progress_prefix: str = ""
+    """Put before each progress line (a study's trials: ``trial 3: ``)."""
     checkpoint_dir: str | None = None
     callbacks: list[Any] = field(default_factory=list)
     """Extra Lightning callbacks (e.g. Optuna pruning)."""
@@ -306,7 +310,9 @@ def _run_tracked(
     port = free_port()
     ckpt_root = options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-")
     options = replace(options, accelerator=accelerator, devices=devices, checkpoint_dir=ckpt_root)
-    worker_options = replace(options, tracking=False, quiet=True, callbacks=[], parent_run_id=None)
+    worker_options = replace(
+        options, tracking=False, quiet=True, progress="none", callbacks=[], parent_run_id=None
+    )
     log.info("training on %d %s processes (DDP, rendezvous on 127.0.0.1:%d)", devices, accelerator, port)
     with DistributedRun(devices, _ddp_rank_main, (devices, port, cfg, worker_options, data)):
         return train_and_test(
@@ -424,13 +430,19 @@ def _trainer(
     import pytorch_lightning as pl
 
     from recstudio.distributed import trainer_kwargs
+    from recstudio.eval.metrics import higher_is_better
+    from recstudio.progress import progress_lines, resolve_progress
 
     accelerator, devices = _resolve_devices(options)
-    show_progress = not options.quiet
+    mode = resolve_progress(options.progress, options.quiet) if rank == 0 else "none"
+    show_progress = mode == "bar"
     if show_progress:
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, num_batches // 4))]
+    elif mode == "lines":
+        maximize = higher_is_better(cfg.train.monitor)
+        callbacks = [*callbacks, progress_lines(cfg.train.monitor, maximize, prefix=options.progress_prefix)]
     distributed = trainer_kwargs(rank, world_size, port, accelerator, cfg.train.ddp_timeout)
     return pl.Trainer(
         max_epochs=cfg.train.epochs,

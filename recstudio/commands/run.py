@@ -77,7 +77,17 @@ def common_run_options(func: Any) -> Any:
             click.option(
                 "--json", "as_json", is_flag=True, help="Print one JSON result on stdout (logs go to stderr)."
             ),
-            click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bar."),
+            click.option(
+                "-q", "--quiet", is_flag=True, help="Only warnings and errors (progress lines still show)."
+            ),
+            click.option(
+                "--progress",
+                type=click.Choice(["auto", "bar", "lines", "none"]),
+                default="auto",
+                show_default=True,
+                help="auto: a live bar on a terminal (without -q), else one line per epoch (and every "
+                "10 s in long epochs) with loss, validation monitor and ETA on stderr; none: silent.",
+            ),
             click.option("-v", "--verbose", is_flag=True, help="Debug logs and Lightning's own messages."),
         ]
     ):
@@ -116,6 +126,7 @@ def run_command(
     devices,
     as_json,
     quiet,
+    progress,
     verbose,
     no_tracking,
     config_flags,
@@ -145,6 +156,7 @@ def run_command(
         devices=parse_devices(devices),
         quiet=quiet or as_json,
         verbose=verbose,
+        progress=progress,
     )
     # Lightning writes its progress bar to stdout; keep stdout for the JSON result only
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()

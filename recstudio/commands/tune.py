@@ -118,6 +118,7 @@ def tune_command(
     devices,
     as_json,
     quiet,
+    progress,
     verbose,
     trials,
     timeout,
@@ -181,6 +182,7 @@ def tune_command(
     settings.accelerator = accelerator
     settings.devices = parse_devices(devices)
     settings.quiet = quiet or as_json
+    settings.progress = progress
     settings.verbose = verbose
 
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
