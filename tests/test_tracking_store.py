@@ -94,3 +94,22 @@ def test_an_unusable_local_store_fails_at_once_in_one_line(
         assert len(errors) == 1 and uri in errors[0] and "--tracking-uri" in errors[0], err[-2000:]
         assert "Traceback" not in err and "retried" not in err
         assert elapsed < 15, elapsed
+
+
+def test_experiments_open_as_model_training_in_the_mlflow_ui(tmp_path: Path) -> None:
+    """MLflow 3's UI reads ``mlflow.experimentKind``; without it an experiment with no traces
+    opens on the GenAI overview instead of the runs table (issue 13)."""
+    from recstudio.track.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, experiment="kinds")
+    tracker.end()
+    client = mlflow_client(uri)
+    assert client.get_experiment_by_name("kinds").tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made elsewhere without a kind gets one; a kind set by the user is kept
+    bare = client.create_experiment("bare")
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(uri, experiment="bare").end()
+    Tracker(uri, experiment="chosen").end()
+    assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"

@@ -151,13 +151,27 @@ def seed_sqlite_store(db: Path) -> bool:
         return False
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an experiment
+with no traces opens on the GenAI "Overview" page; this kind opens the runs table ("Model
+training"). The key and value are those the MLflow 3 UI reads (``mlflow.experimentKind``)."""
+
+
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
-    """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store."""
+    """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store,
+    marked as a model-training experiment (an experiment without a kind gets it too)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_root(tracking_uri))
+        return client.create_experiment(
+            name,
+            artifact_location=default_artifact_root(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
     except Exception:  # another worker created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:
