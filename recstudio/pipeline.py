@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -301,6 +302,7 @@ def _run_tracked(
         devices = 1
     if tracker is not None:
         tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
+        log_dataset_input(tracker, data)
         tracker.set_tags({"devices": str(devices), "accelerator": accelerator})
     if devices == 1:
         return train_and_test(cfg, options, data, trial, tracker, timings)
@@ -318,6 +320,44 @@ def _run_tracked(
         return train_and_test(
             cfg, options, data, trial, tracker, timings, rank=0, world_size=devices, port=port
         )
+
+
+DATASET_DIGEST_CHARS = 16
+"""MLflow stores a dataset digest in at most 36 characters; the cache key's first 16 hex digits
+are also the suffix of the cache entry's folder (``<name>-<key[:16]>``)."""
+
+
+def log_dataset_input(tracker: Any, data: Any) -> None:
+    """The prepared data as the run's MLflow dataset input: name, the cache key as digest, the
+    raw files (paths and sha256) as source, the counts as profile. Never fails the run."""
+    manifest = data.manifest or {}
+    files = manifest.get("raw_files") or {}
+    paths = [Path(f["path"]) for f in files.values() if f.get("path")]
+    folder = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    source = {
+        "uri": folder.resolve().as_uri() if folder else f"memory:{data.name}",
+        "files": {name: {"path": f.get("path"), "sha256": f.get("sha256")} for name, f in files.items()},
+        "spec": manifest.get("spec_origin"),
+        "options": manifest.get("options"),
+    }
+    schema = {
+        "mlflow_colspec": [
+            {"name": "user", "type": "long"},
+            {"name": "item", "type": "long"},
+            {"name": "rating", "type": "float"},
+            {"name": "time", "type": "double"},
+        ]
+    }
+    try:
+        tracker.log_dataset(
+            name=data.name,
+            digest=(data.cache_key or "in-memory")[:DATASET_DIGEST_CHARS],
+            source=source,
+            profile=data.summary(),
+            schema=schema,
+        )
+    except Exception as exc:  # noqa: BLE001 - the dataset record is a convenience
+        log.warning("could not log the dataset input of MLflow run %s: %s", tracker.run_id, exc)
 
 
 def _has_trainable_parameters(cfg: ResolvedConfig, data: Any) -> bool:

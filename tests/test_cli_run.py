@@ -89,6 +89,14 @@ def test_run_json_and_mlflow_record(workdir: Path):
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == result["epochs"]
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
+    # the prepared data is the run's MLflow dataset input (the runs table's Dataset column)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "toy" and inp.dataset.digest == result["cache_key"][:16]
+    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "training")]
+    source = json.loads(inp.dataset.source)
+    raw_file = source["files"]["toy.tsv"]
+    assert raw_file["path"] == str(workdir / "toy.tsv") and len(raw_file["sha256"]) == 64
+    assert json.loads(inp.dataset.profile)["train"] == result["data"]["train"]
 
     # the logged config reproduces the run
     config_path = client.download_artifacts(result["run_id"], "config.yaml", str(workdir))
