@@ -87,6 +87,13 @@ def test_run_json_and_mlflow_record(workdir: Path):
     history = client.get_metric_history(result["run_id"], "valid/ndcg_at_10")
     assert [m.step for m in history] == list(range(result["epochs"]))
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == result["epochs"]
+    # per-epoch curves, every test metric, and one best-epoch value: the monitor (issue 13)
+    assert {k for k in run.data.metrics if not k.startswith(("valid/", "test/"))} == {
+        "train_loss",
+        "epoch_seconds",
+        "best_epoch",
+        "best_valid/ndcg_at_10",
+    }
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
     # the prepared data is the run's MLflow dataset input (the runs table's Dataset column)
