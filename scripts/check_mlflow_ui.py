@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     experiment = server_check(base, args.experiment_id)
     expected_name = args.experiment_name or experiment.get("name", "")
     suffix = args.path if args.path is not None else args.tab
-    page = f"{base}/#/experiments/{args.experiment_id}" + (f"/{suffix.lstrip('/')}" if suffix else "")
+    if suffix and not suffix.startswith("?"):
+        suffix = f"/{suffix.lstrip('/')}"
+    page = f"{base}/#/experiments/{args.experiment_id}{suffix or ''}"
     binary = find_chromium(args.chromium)
 
     with tempfile.TemporaryDirectory(prefix="recstudio-chromium-") as profile:

@@ -113,3 +113,15 @@ def test_experiments_open_as_model_training_in_the_mlflow_ui(tmp_path: Path) -> 
     Tracker(uri, experiment="chosen").end()
     assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_ui_links_open_recstudio_experiments_on_the_runs_table(tmp_path: Path) -> None:
+    from recstudio.commands.ui import experiment_links
+    from recstudio.track.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, experiment="mine").end()
+    mlflow_client(uri).create_experiment("genai-app", tags={"mlflow.experimentKind": "genai_development"})
+    links = dict(experiment_links(uri, "http://127.0.0.1:5000"))
+    exp_id = mlflow_client(uri).get_experiment_by_name("mine").experiment_id
+    assert links == {"mine": f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"}

@@ -40,8 +40,31 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     artifacts = default_artifact_root(uri)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
-    click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it", err=True)
+    base = f"http://{host}:{port}"
+    click.echo(f"MLflow UI on {base} (store {uri}); Ctrl-C stops it", err=True)
+    for name, link in experiment_links(uri, base):
+        click.echo(f"  {name}: {link}", err=True)
     serve(cmd)
+
+
+def experiment_links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(name, URL) of RecStudio's experiments in the store, opening on the runs table.
+
+    MLflow 3.17's UI decides between its GenAI and model-training pages by a "workflow type"
+    kept in the browser (GenAI unless switched) or given as ``?workflowType=machine_learning``;
+    the experiment's ``mlflow.experimentKind`` tag is not enough there, so the links carry it.
+    """
+    from recstudio.track.tracker import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, mlflow_client
+
+    try:
+        experiments = mlflow_client(tracking_uri).search_experiments()
+    except Exception:  # noqa: BLE001 - links are a convenience; the UI itself reports store errors
+        return []
+    return [
+        (e.name, f"{base}/#/experiments/{e.experiment_id}?workflowType=machine_learning")
+        for e in experiments
+        if (e.tags or {}).get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND
+    ]
 
 
 STOP_GRACE_SECONDS = 10.0

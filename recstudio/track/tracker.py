@@ -153,9 +153,10 @@ def seed_sqlite_store(db: Path) -> bool:
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
-"""MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an experiment
-with no traces opens on the GenAI "Overview" page; this kind opens the runs table ("Model
-training"). The key and value are those the MLflow 3 UI reads (``mlflow.experimentKind``)."""
+"""The experiment kind MLflow 3's UI reads (``mlflow.experimentKind``) to open an experiment on
+its runs table ("Model training") rather than the GenAI "Overview". MLflow 3.17's UI reads a
+per-browser "workflow type" instead (GenAI unless switched, or ``?workflowType=machine_learning``
+in the URL), so ``recstudio ui`` also prints links that carry it."""
 
 
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
