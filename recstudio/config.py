@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -61,6 +63,10 @@ class DataConfig:
     split_order: SplitOrder = "random"
     """random (seeded shuffle) or time (chronological; ties keep file order). loo is always time."""
     split_seed: int = 2020
+    valid_from_train: float = 0.0
+    """For ready-made splits without a valid file (``splits: {train, test}``): the share of each
+    user's train rows held out as validation, so early stopping and the best epoch work; ordered
+    by ``split_order`` (time: the user's latest rows). 0: no validation split."""
     label: str | None = None
     """Label rule for pointwise (CTR) data, ``"<column> <op> <number>"`` (op: >=, >, <=, <, ==, !=)
     on a role (``rating``, ``timestamp``) or any column of the interactions file, e.g.
@@ -309,6 +315,53 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_RANGE_RE = re.compile(
+    r"^\s*(?:(?P<op>>=|>|<=|<)\s*(?P<bound>[-+.\deE]+)"
+    r"|(?P<lo_b>[\[(])\s*(?P<lo>[-+.\deE]+)\s*,\s*(?P<hi>[-+.\deE]+)\s*(?P<hi_b>[\])]))\s*$"
+)
+
+
+def parse_range(text: str) -> Callable[[float], bool]:
+    """A predicate for a declared range: ``">= 1"``, ``"> 0"``, ``"[0, 1)"``, ``"(0, 1]"``."""
+    m = _RANGE_RE.match(text)
+    if m is None:
+        raise ValueError(f"malformed range {text!r}: expected e.g. '>= 1', '> 0' or '[0, 1)'")
+    if m["op"]:
+        b = float(m["bound"])
+        return {
+            ">=": lambda v: v >= b,
+            ">": lambda v: v > b,
+            "<=": lambda v: v <= b,
+            "<": lambda v: v < b,
+        }[m["op"]]
+    lo, hi = float(m["lo"]), float(m["hi"])
+    lo_ok = (lambda v: v >= lo) if m["lo_b"] == "[" else (lambda v: v > lo)
+    hi_ok = (lambda v: v <= hi) if m["hi_b"] == "]" else (lambda v: v < hi)
+    return lambda v: lo_ok(v) and hi_ok(v)
+
+
+def declared_ranges(cls: type) -> dict[str, str]:
+    """The ``ranges`` a config class and its bases declare (field name -> range text)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(klass.__dict__.get("ranges", {}) or {})
+    return out
+
+
+def check_declared_ranges(obj: Any, prefix: str) -> None:
+    """Each field with a declared range holds a value in it (a list: every element; None
+    passes: it means "the default"); else one ConfigError naming the key and the range."""
+    for key, text in declared_ranges(type(obj)).items():
+        value = getattr(obj, key)
+        values = value if isinstance(value, list) else [value]
+        inside = parse_range(text)
+        for v in values:
+            if v is not None and not (isinstance(v, int | float) and inside(v)):
+                where = "must be in" if text.lstrip()[0] in "[(" else "must be"
+                each = " (each element)" if isinstance(value, list) else ""
+                raise ConfigError(f"config key '{prefix}.{key}'{each} {where} {text}, got {value!r}")
+
+
 def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad types are ConfigErrors."""
     if not isinstance(values, dict):
@@ -323,6 +376,7 @@ def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{prefix}.{key}'{hint}")
         kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}")
     obj = cls(**kwargs)
+    check_declared_ranges(obj, prefix)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
@@ -341,6 +395,8 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         )
     if d.min_user_inter < 0 or d.min_item_inter < 0:
         raise ConfigError("config keys 'data.min_user_inter' and 'data.min_item_inter' must be >= 0")
+    if not 0.0 <= d.valid_from_train < 1.0:
+        raise ConfigError(f"config key 'data.valid_from_train' must be in [0, 1), got {d.valid_from_train}")
     for key in ("epochs", "batch_size", "val_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -45,6 +46,10 @@ class RunOptions:
     devices: int | str = "auto"
     quiet: bool = False
     verbose: bool = False
+    progress: str = "auto"
+    """auto | bar | lines | none (``recstudio.progress``); -q does not silence lines."""
+    progress_prefix: str = ""
+    """Put before each progress line (a study's trials: ``trial 3: ``)."""
     checkpoint_dir: str | None = None
     callbacks: list[Any] = field(default_factory=list)
     """Extra Lightning callbacks (e.g. Optuna pruning)."""
@@ -70,6 +75,10 @@ def _resolve_devices(options: RunOptions) -> tuple[str, int]:
         visible = torch.cuda.device_count()
         raise ConfigError(f"--devices {devices} asks for more GPUs than the {visible} visible")
     return accelerator, devices
+
+
+CURVE_KEYS = ("train_loss", "epoch_seconds")
+"""Per-epoch MLflow metrics besides ``valid/<metric>`` (step = epoch)."""
 
 
 class _EpochRecorder:
@@ -114,7 +123,11 @@ class _EpochRecorder:
                 self._row["train_seconds"] = elapsed
                 self.history.append(self._row)
                 if self.tracker is not None:
-                    metrics = {k: v for k, v in self._row.items() if k != "epoch"}
+                    # curves only: loss, validation metrics, epoch time (the split timings are
+                    # in metrics.json); fewer keys keep the MLflow runs table and charts readable
+                    metrics = {
+                        k: v for k, v in self._row.items() if k in CURVE_KEYS or k.startswith("valid/")
+                    }
                     self.tracker.log_metrics(metrics, step=trainer.current_epoch, synchronous=False)
 
             def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -155,6 +168,8 @@ def _tame_lightning_logs(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned.*None.*")
         # metrics are all-reduced by the evaluator itself before they are logged
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
+    # no validation split is reported once, by train_and_test, with what to do about it
+    warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
 
 
 def _best_epoch(history: list[dict[str, float]], monitor_key: str) -> dict[str, float] | None:
@@ -295,6 +310,7 @@ def _run_tracked(
         devices = 1
     if tracker is not None:
         tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
+        log_dataset_input(tracker, data)
         tracker.set_tags({"devices": str(devices), "accelerator": accelerator})
     if devices == 1:
         return train_and_test(cfg, options, data, trial, tracker, timings)
@@ -304,12 +320,52 @@ def _run_tracked(
     port = free_port()
     ckpt_root = options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-")
     options = replace(options, accelerator=accelerator, devices=devices, checkpoint_dir=ckpt_root)
-    worker_options = replace(options, tracking=False, quiet=True, callbacks=[], parent_run_id=None)
+    worker_options = replace(
+        options, tracking=False, quiet=True, progress="none", callbacks=[], parent_run_id=None
+    )
     log.info("training on %d %s processes (DDP, rendezvous on 127.0.0.1:%d)", devices, accelerator, port)
     with DistributedRun(devices, _ddp_rank_main, (devices, port, cfg, worker_options, data)):
         return train_and_test(
             cfg, options, data, trial, tracker, timings, rank=0, world_size=devices, port=port
         )
+
+
+DATASET_DIGEST_CHARS = 16
+"""MLflow stores a dataset digest in at most 36 characters; the cache key's first 16 hex digits
+are also the suffix of the cache entry's folder (``<name>-<key[:16]>``)."""
+
+
+def log_dataset_input(tracker: Any, data: Any) -> None:
+    """The prepared data as the run's MLflow dataset input: name, the cache key as digest, the
+    raw files (paths and sha256) as source, the counts as profile. Never fails the run."""
+    manifest = data.manifest or {}
+    files = manifest.get("raw_files") or {}
+    paths = [Path(f["path"]) for f in files.values() if f.get("path")]
+    folder = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    source = {
+        "uri": folder.resolve().as_uri() if folder else f"memory:{data.name}",
+        "files": {name: {"path": f.get("path"), "sha256": f.get("sha256")} for name, f in files.items()},
+        "spec": manifest.get("spec_origin"),
+        "options": manifest.get("options"),
+    }
+    schema = {
+        "mlflow_colspec": [
+            {"name": "user", "type": "long"},
+            {"name": "item", "type": "long"},
+            {"name": "rating", "type": "float"},
+            {"name": "time", "type": "double"},
+        ]
+    }
+    try:
+        tracker.log_dataset(
+            name=data.name,
+            digest=(data.cache_key or "in-memory")[:DATASET_DIGEST_CHARS],
+            source=source,
+            profile=data.summary(),
+            schema=schema,
+        )
+    except Exception as exc:  # noqa: BLE001 - the dataset record is a convenience
+        log.warning("could not log the dataset input of MLflow run %s: %s", tracker.run_id, exc)
 
 
 def _has_trainable_parameters(cfg: ResolvedConfig, data: Any) -> bool:
@@ -422,13 +478,19 @@ def _trainer(
     import pytorch_lightning as pl
 
     from recstudio.distributed import trainer_kwargs
+    from recstudio.eval.metrics import higher_is_better
+    from recstudio.progress import progress_lines, resolve_progress
 
     accelerator, devices = _resolve_devices(options)
-    show_progress = not options.quiet
+    mode = resolve_progress(options.progress, options.quiet) if rank == 0 else "none"
+    show_progress = mode == "bar"
     if show_progress:
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, num_batches // 4))]
+    elif mode == "lines":
+        maximize = higher_is_better(cfg.train.monitor)
+        callbacks = [*callbacks, progress_lines(cfg.train.monitor, maximize, prefix=options.progress_prefix)]
     distributed = trainer_kwargs(rank, world_size, port, accelerator, cfg.train.ddp_timeout)
     return pl.Trainer(
         max_epochs=cfg.train.epochs,
@@ -499,6 +561,12 @@ def train_and_test(
     valid_loader = plan.loader("valid", rank, world_size) if plan.has_split("valid") else None
     has_valid = valid_loader is not None and len(valid_loader) > 0
     test_loader = plan.loader("test", rank, world_size)
+    if not has_valid and rank == 0:
+        log.info(
+            "%s has no validation split: no early stopping, the last epoch is tested "
+            "(ready-made splits: set data.valid_from_train, e.g. --valid-from-train 0.1)",
+            cfg.dataset,
+        )
 
     t0 = time.perf_counter()
     model.fit_closed_form(data)
@@ -559,11 +627,23 @@ def train_and_test(
         timings=timings,
     )
     if tracker is not None:
-        tracker.log_metrics({f"test/{k}": v for k, v in result.test.items()}, step=result.best_epoch)
-        tracker.log_metrics({f"best_valid/{k}": v for k, v in result.valid.items()}, step=result.best_epoch)
+        tracker.log_metrics(final_metrics(result, cfg.train.monitor), step=result.best_epoch)
         tracker.log_artifact(str(best_path), "checkpoints")
         result.checkpoint = tracker.artifact_location(f"checkpoints/{best_path.name}")
     return result
+
+
+def final_metrics(result: TrainResult, monitor: str) -> dict[str, float]:
+    """The single-value MLflow metrics of a finished run: every test metric (``test/<m>``), the
+    validation monitor at the best epoch (``best_valid/<monitor>``, a study's objective) and
+    ``best_epoch``. The other validation metrics at the best epoch are points of the
+    ``valid/<m>`` curves (step = best_epoch) and sit in ``metrics.json``; logging each again
+    as its own key made 19 single-point charts ahead of the curves."""
+    metrics = {f"test/{k}": v for k, v in result.test.items()}
+    if monitor in result.valid:
+        metrics[f"best_valid/{monitor}"] = result.valid[monitor]
+    metrics["best_epoch"] = float(result.best_epoch)
+    return metrics
 
 
 def _epoch_timings(recorder: Any, timings: dict[str, float]) -> None:

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         default="runs",
         help="experiment page tab (default: runs, the run table; '' for the experiment's default page)",
     )
+    parser.add_argument(
+        "--path",
+        help="page under the experiment instead of --tab, e.g. runs/RUN_ID or "
+        "runs/RUN_ID/artifacts/plots/parallel_coordinate.html",
+    )
     parser.add_argument("--dom-out", type=Path, help="also save the rendered DOM here")
     parser.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
     parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time budget per render")
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     base = args.url.rstrip("/")
     experiment = server_check(base, args.experiment_id)
     expected_name = args.experiment_name or experiment.get("name", "")
-    page = f"{base}/#/experiments/{args.experiment_id}" + (f"/{args.tab}" if args.tab else "")
+    suffix = args.path if args.path is not None else args.tab
+    page = f"{base}/#/experiments/{args.experiment_id}" + (f"/{suffix.lstrip('/')}" if suffix else "")
     binary = find_chromium(args.chromium)
 
     with tempfile.TemporaryDirectory(prefix="recstudio-chromium-") as profile:

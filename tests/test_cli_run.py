@@ -87,8 +87,23 @@ def test_run_json_and_mlflow_record(workdir: Path):
     history = client.get_metric_history(result["run_id"], "valid/ndcg_at_10")
     assert [m.step for m in history] == list(range(result["epochs"]))
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == result["epochs"]
+    # per-epoch curves, every test metric, and one best-epoch value: the monitor (issue 13)
+    assert {k for k in run.data.metrics if not k.startswith(("valid/", "test/"))} == {
+        "train_loss",
+        "epoch_seconds",
+        "best_epoch",
+        "best_valid/ndcg_at_10",
+    }
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
+    # the prepared data is the run's MLflow dataset input (the runs table's Dataset column)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "toy" and inp.dataset.digest == result["cache_key"][:16]
+    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "training")]
+    source = json.loads(inp.dataset.source)
+    raw_file = source["files"]["toy.tsv"]
+    assert raw_file["path"] == str(workdir / "toy.tsv") and len(raw_file["sha256"]) == 64
+    assert json.loads(inp.dataset.profile)["train"] == result["data"]["train"]
 
     # the logged config reproduces the run
     config_path = client.download_artifacts(result["run_id"], "config.yaml", str(workdir))
@@ -124,6 +139,14 @@ def test_evaluate_needs_one_source(workdir: Path) -> None:
             "'train.epochs' expects an integer",
         ),
         (["run", "-m", "BPR", "-d", "SPEC", "--min-rating", "9"], "removed every interaction"),
+        (
+            ["run", "-m", "BPR", "-d", "SPEC", "--set", "model.embed_dim=-5"],
+            "config key 'model.embed_dim' must be >= 1, got -5",
+        ),
+        (
+            ["run", "-m", "SASRec", "-d", "SPEC", "--set", "model.dropout=1.5"],
+            "config key 'model.dropout' must be in [0, 1), got 1.5",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(workdir: Path, args, expected, capsys, monkeypatch):
@@ -213,6 +236,7 @@ def test_models_command_shows_one_models_contract_defaults_and_space(workdir: Pa
     main(["models", "bpr"])
     out = capsys.readouterr().out
     assert "trains on: triplet" in out and "search space" in out and "reg_weight" in out
+    assert "embed_dim = 64  (>= 1)" in out  # the allowed range beside the default
 
 
 def test_python_api_matches_cli_result(workdir: Path):
@@ -246,3 +270,55 @@ def test_console_exit_runs_exit_handlers_and_keeps_the_code(tmp_path: Path, args
         assert "unknown model 'NoSuchModel'" in out.stderr
     else:
         assert "version" in out.stdout
+
+
+def test_summary_shows_every_cutoff_asked_for(workdir: Path, capsys) -> None:
+    """``--set 'eval.cutoffs=[10,20]'``: the summary table has a column per cutoff (issue 13)."""
+    from recstudio.cli import main
+    from recstudio.commands.run import summary_lines
+
+    spec = write_toy_dataset(workdir)
+    main(["run", "-m", "BPR", "-d", str(spec), "--epochs", "2", "--no-tracking", "-q",
+          "--set", "eval.cutoffs=[10,20]"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "@10" in out and "@20" in out and "ndcg" in out and "auc=" in out
+
+    lines = summary_lines({"ndcg@10": 0.25, "ndcg@20": 0.3, "recall@20": 0.5, "auc": 0.9})
+    assert lines[0].split() == ["@10", "@20"]
+    assert lines[1].split() == ["ndcg", "0.2500", "0.3000"]
+    assert lines[2].split() == ["recall", "-", "0.5000"]
+    assert lines[3] == "auc=0.9000"
+
+
+def test_cache_dir_option_and_help_that_says_what_works(workdir: Path, capsys) -> None:
+    """run/tune/evaluate take --cache-dir (the cache error names it); the help texts give the
+    tracking default the code uses and the storage URL form the README uses (issue 13)."""
+    from click.testing import CliRunner
+
+    from recstudio.cli import cli as group
+    from recstudio.cli import main
+
+    spec = write_toy_dataset(workdir)
+    cache = workdir / "my-cache"
+    main(
+        [
+            "run",
+            "-m",
+            "BPR",
+            "-d",
+            str(spec),
+            "--epochs",
+            "1",
+            "--no-tracking",
+            "-q",
+            "--cache-dir",
+            str(cache),
+        ]
+    )
+    assert any(cache.rglob("manifest.json")) or any(cache.rglob("*.parquet"))
+    for command in ("run", "tune", "evaluate"):
+        text = CliRunner().invoke(group, [command, "--help"]).output
+        assert "--cache-dir" in text, command
+        assert "sqlite:///./mlruns/mlflow.db" in text and "or ./mlruns)" not in text, command
+    tune_help = CliRunner().invoke(group, ["tune", "--help"]).output
+    assert "postgresql+psycopg://" in tune_help and "postgresql://" not in tune_help

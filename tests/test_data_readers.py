@@ -239,3 +239,45 @@ def test_million_line_double_colon_file_reads_fast(tmp_path: Path) -> None:
     assert len(raw) == n and raw.user.to_pylist()[:3] == table["u"].to_pylist()[:3]
     assert np.array_equal(raw.time, table["t"].to_numpy().astype(np.float64))
     assert elapsed < 5.0, f"reading 1M '::' lines took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize(
+    "sep, text",
+    [(" ", "1 5 3 7\n2 9\n\n3 4  8\n"), ("\t", "1\t5\t3\t7\n2\t9\n3\t4\t8\n")],
+)
+def test_sequences_whose_items_share_the_field_separator(tmp_path: Path, sep: str, text: str) -> None:
+    """The ``user item item item`` layout (LightGCN / BARS train.txt): item_sep equal to sep."""
+    raw = _read(
+        tmp_path,
+        {
+            "sequences": {
+                "file": "train.txt",
+                "format": "tsv",
+                "sep": sep,
+                "item_sep": sep,
+                "columns": ["user", "items"],
+                "roles": {"user": "user", "items": "items"},
+            }
+        },
+        {"train.txt": text},
+    )
+    assert raw.user.to_pylist() == [1, 1, 1, 2, 3, 3]
+    assert raw.item.to_pylist() == [5, 3, 7, 9, 4, 8]
+    assert raw.time.tolist() == [0.0, 1.0, 2.0, 0.0, 0.0, 1.0]
+
+
+def test_shared_separator_needs_the_items_column_last(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="must end with the items column 'items'"):
+        parse_spec(
+            {
+                "name": "x",
+                "sequences": {
+                    "file": "t.txt",
+                    "format": "tsv",
+                    "sep": " ",
+                    "item_sep": " ",
+                    "columns": ["items", "user"],
+                    "roles": {"user": "user", "items": "items"},
+                },
+            }
+        )

@@ -52,3 +52,64 @@ def test_unusable_cache_falls_back_to_mlflow(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the template cannot be written here
     client = mlflow_client(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
+def _unusable_stores(tmp_path: Path) -> list[str]:
+    """Local stores that can never work: a file that is not a database, and (when this user
+    cannot write there, as even root cannot in sysfs) a folder without write permission."""
+    bad = tmp_path / "garbage.db"
+    bad.write_text("not a database")
+    stores = [f"sqlite:///{bad}"]
+    import os
+    import tempfile
+
+    try:
+        os.close(tempfile.mkstemp(dir="/sys")[0])
+    except OSError:
+        stores.append("sqlite:////sys/mlflow.db")
+    return stores
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_an_unusable_local_store_fails_at_once_in_one_line(
+    workdir: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    """MLflow retries a SQL store for ~100 s; a local one that cannot work fails in seconds."""
+    import time
+
+    from recstudio.cli import main
+    from tests.test_cli_run import write_toy_dataset
+
+    spec = write_toy_dataset(workdir)
+    for uri in _unusable_stores(workdir):
+        extra = ["--trials", "1"] if command == "tune" else []
+        t0 = time.perf_counter()
+        with pytest.raises(SystemExit) as exc:
+            main([command, "-m", "BPR", "-d", str(spec), "--epochs", "1", "-q",
+                  "--tracking-uri", uri, *extra])  # fmt: skip
+        elapsed = time.perf_counter() - t0
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err[-2000:]
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and uri in errors[0] and "--tracking-uri" in errors[0], err[-2000:]
+        assert "Traceback" not in err and "retried" not in err
+        assert elapsed < 15, elapsed
+
+
+def test_experiments_open_as_model_training_in_the_mlflow_ui(tmp_path: Path) -> None:
+    """MLflow 3's UI reads ``mlflow.experimentKind``; without it an experiment with no traces
+    opens on the GenAI overview instead of the runs table (issue 13)."""
+    from recstudio.track.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, experiment="kinds")
+    tracker.end()
+    client = mlflow_client(uri)
+    assert client.get_experiment_by_name("kinds").tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made elsewhere without a kind gets one; a kind set by the user is kept
+    bare = client.create_experiment("bare")
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(uri, experiment="bare").end()
+    Tracker(uri, experiment="chosen").end()
+    assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"

@@ -134,6 +134,12 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
         assert run.data.tags["optuna.state"] == "COMPLETE"
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert "test/ndcg_at_10" in run.data.metrics  # test metrics logged, never the objective
+        # few, well-named metrics: curves, test values, the objective at the best epoch (issue 13)
+        assert run.data.metrics["best_valid/ndcg_at_10"] == pytest.approx(trial.value)
+        assert not [
+            k for k in run.data.metrics if k.startswith("best_valid/") and k != "best_valid/ndcg_at_10"
+        ]
+        assert not {"train_seconds", "valid_seconds"} & set(run.data.metrics)
         assert run.data.params["model.embed_dim"] == "16"
         # the objective is the validation metric at the best epoch: the best reported epoch
         result = trial.user_attrs["result"]
@@ -167,6 +173,13 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
     assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow_run_id"]
     assert float(parent.data.tags["best.value"]) == pytest.approx(best.value)
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    # the parent row carries the best trial's values in the trials' own columns, and a link
+    best_result = best.user_attrs["result"]
+    assert parent.data.metrics["test/ndcg_at_10"] == pytest.approx(best_result["test"]["ndcg@10"])
+    assert parent.data.metrics["best_valid/ndcg_at_10"] == pytest.approx(best.value)
+    assert parent.data.metrics["best_epoch"] == best_result["best_epoch"]
+    link = f"(#/experiments/{parent.info.experiment_id}/runs/{best.user_attrs['mlflow_run_id']})"
+    assert f"[trial {best.number}]{link}" in parent.data.tags["mlflow.note.content"]
     plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
     assert "plots/optimization_history.html" in plots
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from recstudio.commands.run import parse_devices
+from recstudio.commands.run import TRACKING_URI_HELP, parse_devices, summary_lines
 from recstudio.errors import ConfigError
 from recstudio.experiment import resolve_from_cli
 
@@ -53,8 +53,11 @@ def _from_run(run_id: str, tracking_uri: str | None, workdir: str) -> tuple[Path
 @click.option("-c", "--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-s", "--set", "set_items", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the raw files.")
+@click.option("--tracking-uri", help=f"Of --run-id. {TRACKING_URI_HELP}")
 @click.option(
-    "--tracking-uri", help="MLflow tracking URI of --run-id (default $MLFLOW_TRACKING_URI or ./mlruns)."
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Folder of the prepared-data cache (default $RECSTUDIO_CACHE_DIR, else ./datasets/.cache).",
 )
 @click.option(
     "--split",
@@ -81,6 +84,7 @@ def evaluate_command(
     set_items: tuple[str, ...],
     data_dir: str | None,
     tracking_uri: str | None,
+    cache_dir: str | None,
     splits: tuple[str, ...],
     accelerator: str,
     devices: str,
@@ -116,6 +120,7 @@ def evaluate_command(
 
         options = RunOptions(
             data_dir=data_dir,
+            cache_dir=cache_dir,
             tracking=False,
             quiet=True,
             accelerator=accelerator,
@@ -130,5 +135,7 @@ def evaluate_command(
         return
     click.echo(f"model {cfg.model_name} on {cfg.dataset}")
     for split, values in metrics.items():
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if "@10" in k or k == "auc")
-        click.echo(f"  {split:5s} {shown}")
+        lines = summary_lines(values) or ["(no metrics)"]
+        click.echo(f"  {split:5s} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {'':5s} {line}")

@@ -12,6 +12,8 @@ import click
 def describe_model(cls: type) -> dict[str, Any]:
     """A model's metadata as data: family, data contract (under its defaults), hyperparameter
     defaults, section defaults it sets, and its search space."""
+    from recstudio.config import declared_ranges
+
     config = cls.Config()
     contract = cls.data_contract(config)
     return {
@@ -32,6 +34,7 @@ def describe_model(cls: type) -> dict[str, Any]:
         "labelled": contract.labelled,
         "evaluation": "pointwise" if contract.labelled else "ranking",
         "config": _own_fields_first(config),
+        "ranges": declared_ranges(cls.Config),
         "default_overrides": cls.default_overrides,
         "search_space": cls.search_space,
     }
@@ -78,7 +81,8 @@ def models_command(name: str | None, as_json: bool) -> None:
         click.echo(f"  evaluated: {info['evaluation']}")
         click.echo("  hyperparameters (model.*):")
         for key, value in info["config"].items():
-            click.echo(f"    {key} = {value!r}")
+            allowed = f"  ({info['ranges'][key]})" if key in info["ranges"] else ""
+            click.echo(f"    {key} = {value!r}{allowed}")
         if info["default_overrides"]:
             click.echo(f"  section defaults: {json.dumps(info['default_overrides'])}")
         click.echo("  search space (recstudio tune):")

@@ -12,6 +12,12 @@ import click
 from recstudio.commands.options import config_flags
 from recstudio.experiment import resolve_from_cli
 
+TRACKING_URI_HELP = (
+    "MLflow tracking URI: sqlite:///PATH/mlflow.db, http://HOST:5000 or postgresql+psycopg://USER@HOST/DB "
+    "(default $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db; MLflow 3 refuses a plain folder "
+    "such as ./mlruns)."
+)
+
 
 def common_run_options(func: Any) -> Any:
     """Options shared by ``run`` and ``tune``."""
@@ -44,7 +50,14 @@ def common_run_options(func: Any) -> Any:
                 help="Override any config key.",
             ),
             click.option(
-                "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns)."
+                "--tracking-uri",
+                help=TRACKING_URI_HELP,
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False),
+                help="Folder of the prepared-data cache (default $RECSTUDIO_CACHE_DIR, else "
+                "./datasets/.cache).",
             ),
             click.option("--experiment", default=None, help="MLflow experiment name."),
             click.option(
@@ -64,7 +77,17 @@ def common_run_options(func: Any) -> Any:
             click.option(
                 "--json", "as_json", is_flag=True, help="Print one JSON result on stdout (logs go to stderr)."
             ),
-            click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bar."),
+            click.option(
+                "-q", "--quiet", is_flag=True, help="Only warnings and errors (progress lines still show)."
+            ),
+            click.option(
+                "--progress",
+                type=click.Choice(["auto", "bar", "lines", "none"]),
+                default="auto",
+                show_default=True,
+                help="auto: a live bar on a terminal (without -q), else one line per epoch (and every "
+                "10 s in long epochs) with loss, validation monitor and ETA on stderr; none: silent.",
+            ),
             click.option("-v", "--verbose", is_flag=True, help="Debug logs and Lightning's own messages."),
         ]
     ):
@@ -97,11 +120,13 @@ def run_command(
     config_files,
     set_items,
     tracking_uri,
+    cache_dir,
     experiment,
     accelerator,
     devices,
     as_json,
     quiet,
+    progress,
     verbose,
     no_tracking,
     config_flags,
@@ -123,6 +148,7 @@ def run_command(
 
     options = RunOptions(
         data_dir=data_dir,
+        cache_dir=cache_dir,
         tracking=not no_tracking,
         tracking_uri=tracking_uri,
         experiment=experiment or "recstudio",
@@ -130,6 +156,7 @@ def run_command(
         devices=parse_devices(devices),
         quiet=quiet or as_json,
         verbose=verbose,
+        progress=progress,
     )
     # Lightning writes its progress bar to stdout; keep stdout for the JSON result only
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
@@ -141,20 +168,33 @@ def run_command(
         print_summary(result)
 
 
-def _summary_keys(metrics: dict[str, float]) -> set[str]:
-    """Metrics without a cutoff (auc, gauc, logloss) and those at cutoff 10, or at every cutoff
-    the run computed when 10 is not one of them."""
-    plain = {k for k in metrics if "@" not in k}
-    at10 = {k for k in metrics if k.endswith("@10")}
-    return plain | (at10 or {k for k in metrics if "@" in k})
+def summary_lines(metrics: dict[str, float]) -> list[str]:
+    """A compact table of one split's metrics: one row per ranking metric with a column per
+    cutoff the run computed (every one of ``eval.cutoffs``), then the metrics without a cutoff
+    (auc, gauc, logloss) on one line."""
+    cutoffs = sorted({int(k.rsplit("@", 1)[1]) for k in metrics if "@" in k})
+    names = sorted({k.rsplit("@", 1)[0] for k in metrics if "@" in k})
+    lines = []
+    if cutoffs:
+        lines.append(f"{'':10s}" + "".join(f"{'@' + str(c):>9s}" for c in cutoffs))
+        for name in names:
+            cells = (metrics.get(f"{name}@{c}") for c in cutoffs)
+            row = "".join(f"{v:9.4f}" if v is not None else f"{'-':>9s}" for v in cells)
+            lines.append(f"{name:10s}{row}")
+    plain = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "@" not in k)
+    if plain:
+        lines.append(plain)
+    return lines
 
 
 def print_summary(result: dict[str, Any]) -> None:
     click.echo(f"model {result['model']} on {result['dataset']}: best epoch {result['best_epoch']}")
     for split in ("valid", "test"):
         metrics = result.get(split) or {}
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k in _summary_keys(metrics))
-        click.echo(f"  {split:5s} {shown}")
+        lines = summary_lines(metrics) or ["(not evaluated)"]
+        click.echo(f"  {split:5s} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {'':5s} {line}")
     if result.get("run_id"):
         click.echo(f"  MLflow run {result['run_id']}  (recstudio ui to browse)")
     click.echo(f"  checkpoint {result['checkpoint']}")

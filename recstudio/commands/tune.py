@@ -70,7 +70,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--study-name", help="Study name (default MODEL-DATASET); an existing name resumes that study.")
 @click.option(
     "--storage",
-    help="Optuna RDB URL, e.g. postgresql://user@host/db (default $RECSTUDIO_OPTUNA_STORAGE, else "
+    help="Optuna RDB URL, e.g. postgresql+psycopg://user@host/db (default $RECSTUDIO_OPTUNA_STORAGE, else "
     "sqlite:///./optuna.db).",
 )
 @click.option("--sampler", type=click.Choice(SAMPLERS), help="Sampler (default tpe).")
@@ -112,11 +112,13 @@ def tune_command(
     config_files,
     set_items,
     tracking_uri,
+    cache_dir,
     experiment,
     accelerator,
     devices,
     as_json,
     quiet,
+    progress,
     verbose,
     trials,
     timeout,
@@ -144,7 +146,7 @@ def tune_command(
       recstudio tune -m NCF -d ml-100k --trials 50
       recstudio tune -c experiments/ncf-ml-100k.yaml --workers 2
       recstudio tune -m BPR -d ml-100k --search-space space.json --pruner hyperband --epochs 30
-      recstudio tune -m BPR -d ml-100k --set embed_dim=64 --storage postgresql://optuna@db/optuna
+      recstudio tune -m BPR -d ml-100k --set embed_dim=64 --storage postgresql+psycopg://optuna@db/optuna
     """
     from recstudio.cli import setup_logging
     from recstudio.errors import TrainingError
@@ -175,10 +177,12 @@ def tune_command(
             baseline=baseline,
         )
     settings.tracking_uri = tracking_uri
+    settings.cache_dir = cache_dir
     settings.experiment = experiment or "recstudio"
     settings.accelerator = accelerator
     settings.devices = parse_devices(devices)
     settings.quiet = quiet or as_json
+    settings.progress = progress
     settings.verbose = verbose
 
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()

@@ -41,7 +41,72 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
     click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it", err=True)
+    serve(cmd)
+
+
+STOP_GRACE_SECONDS = 10.0
+"""How long the server's process group gets to exit after SIGTERM before it is killed."""
+
+
+def serve(cmd: list[str]) -> int:
+    """Run ``cmd`` (``mlflow ui``) in its own process group until it exits or this process is
+    told to stop (SIGTERM, SIGHUP, Ctrl-C); stopping ends the whole group.
+
+    ``mlflow ui`` starts a server that forks worker processes; signalling only the direct
+    child (or nothing, as ``kill <pid>`` of a plain ``subprocess.run`` did) left them serving.
+    """
+    import signal
+
+    child = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        subprocess.run(cmd, check=False, env=os.environ.copy())
-    except KeyboardInterrupt:
+        return child.wait()
+    except (_Stop, KeyboardInterrupt):
+        stop_group(child)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stop(Exception):
+    """A stop signal arrived while waiting for the server."""
+
+
+def stop_group(child: subprocess.Popen) -> None:
+    """SIGTERM to the child's process group, then SIGKILL to what is left after the grace time."""
+    import signal
+    import time
+
+    try:
+        pgid = os.getpgid(child.pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        if child.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
         pass
+    child.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -354,6 +354,7 @@ def info(
             for f, d in (m.get("context") or {}).get("fields", {}).items()
         },
         "cache_hit": m.get("cache_hit"),
+        "split": split_description(spec, cfg),
         "parts": {},
         "labels": None,
     }
@@ -383,6 +384,23 @@ def info(
             "positive_share": labelled.label_summary(),
         }
     return result
+
+
+def split_description(spec: DatasetSpec, cfg: DataConfig) -> dict[str, Any]:
+    """How the splits were made: given by the spec's files (and any validation share held out
+    of the given train file), or cut by ``data.split``."""
+    if spec.splits is None:
+        return {
+            "given": False,
+            "method": cfg.split,
+            "ratio": list(cfg.split_ratio),
+            "order": "time" if cfg.split == "loo" else cfg.split_order,
+            "seed": cfg.split_seed,
+        }
+    out: dict[str, Any] = {"given": True, "files": {k: v.source.file for k, v in spec.splits.items()}}
+    if cfg.valid_from_train > 0:
+        out["valid_from_train"] = {"share": cfg.valid_from_train, "order": cfg.split_order}
+    return out
 
 
 def list_cache(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:

@@ -114,6 +114,8 @@ def data_options(cfg: DataConfig) -> dict[str, Any]:
     options = dataclasses.asdict(cfg)
     if options.get("label") is None:  # unlabelled data keeps the keys it had before labels existed
         options.pop("label", None)
+    if not options.get("valid_from_train"):  # likewise for data without a held-out validation
+        options.pop("valid_from_train", None)
     if options["min_rating"] is not None:
         options["min_rating"] = float(options["min_rating"])
     options["split_ratio"] = [float(r) for r in options["split_ratio"]]

@@ -183,7 +183,22 @@ def _print_info(result: dict[str, Any], as_json: bool) -> None:
         k: v for k, v in result["counts"].items() if k not in ("users", "items", "train", "valid", "test")
     }
     click.echo("  rows after each step: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
-    click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in result["options"].items()))
+    split = result.get("split") or {}
+    cut_keys = ("split", "split_ratio", "split_order", "split_seed")
+    options = result["options"]
+    if split.get("given"):
+        files = ", ".join(f"{k} {v}" for k, v in split["files"].items())
+        held = split.get("valid_from_train")
+        valid = (
+            f"; valid: {held['share']:g} of each user's train rows (by {held['order']})"
+            if held
+            else "; no valid file (set data.valid_from_train to hold one out of train)"
+            if "valid" not in split["files"]
+            else ""
+        )
+        click.echo(f"  split: given by the spec ({files}){valid}")
+        options = {k: v for k, v in options.items() if k not in cut_keys and k != "valid_from_train"}
+    click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     for side, fields in result["features"].items():
         desc = ", ".join(f"{f} ({d.get('cardinality', d.get('width'))})" for f, d in fields.items())
         click.echo(f"  {side} features: {desc}")

@@ -66,6 +66,8 @@ def check_config(cfg: DataConfig) -> None:
         raise ConfigError(
             f"config key 'data.split' must be one of user_entry, entry, user, loo; got {cfg.split!r}"
         )
+    if not 0.0 <= cfg.valid_from_train < 1.0:
+        raise ConfigError(f"config key 'data.valid_from_train' must be in [0, 1), got {cfg.valid_from_train}")
     if cfg.split_order not in ("random", "time"):
         raise ConfigError(f"config key 'data.split_order' must be random or time; got {cfg.split_order!r}")
     label_rule(cfg)
@@ -200,7 +202,14 @@ def preprocess(raw: RawInteractions, cfg: DataConfig, name: str) -> Processed:
     context = {name: cols[f"ctx.{name}"][perm] for name in raw.context}
     if "split" in cols:
         split = cols["split"][perm]
+        if cfg.valid_from_train > 0:
+            split = valid_from_train(split, user_ids, len(user_vocab) + 1, cfg, name)
     else:
+        if cfg.valid_from_train > 0:
+            raise ConfigError(
+                f"config key 'data.valid_from_train' applies to ready-made splits (splits: in the "
+                f"spec), but dataset '{name}' is split by data.split={cfg.split}; use data.split_ratio"
+            )
         split = split_labels(user_ids, time, order[perm], len(user_vocab) + 1, cfg)
     parts = [_select(split == code, user_ids, item_ids, rating, time, label, context) for code in range(3)]
     counts.update(users=len(user_vocab), items=len(item_vocab), train=len(parts[0]), valid=len(parts[1]))
@@ -351,6 +360,38 @@ def split_labels(
     history = _cut(within_user(cfg.split_order), counts[user], 0, n_target[user]) == 0
     row_group = group[user]
     return np.where(history, 0, row_group).astype(np.int8)
+
+
+def valid_from_train(
+    split: np.ndarray, user: np.ndarray, num_users: int, cfg: DataConfig, name: str
+) -> np.ndarray:
+    """Ready-made splits: move ``data.valid_from_train`` of each user's train rows to valid.
+
+    Rows are sorted by (user, time, file order). Per user, the rows are ordered by
+    ``split_order`` (time: the latest become valid; random: a seeded shuffle) and counted with
+    the rule of ``holdout_counts`` (a user keeps at least one train row; halves round up).
+    """
+    if (split == 1).any():
+        raise ConfigError(
+            f"config key 'data.valid_from_train' is set, but dataset '{name}' has a ready-made valid "
+            "file; drop one of them"
+        )
+    train = np.flatnonzero(split == 0)
+    user_t = user[train]
+    counts = np.bincount(user_t, minlength=num_users)
+    starts = np.cumsum(counts) - counts
+    chrono = np.arange(len(train)) - starts[user_t]
+    if cfg.split_order == "time":
+        pos = chrono
+    else:
+        rng = np.random.default_rng(cfg.split_seed)
+        keys = (user_t.astype(np.int64) << 32) | rng.integers(0, 1 << 32, len(train), dtype=np.int64)
+        pos = np.empty(len(train), dtype=np.int64)
+        pos[np.argsort(keys)] = chrono
+    n_valid, _ = holdout_counts(counts, cfg.valid_from_train, 0.0)
+    out = split.copy()
+    out[train] = _cut(pos, counts[user_t], n_valid[user_t], 0)
+    return out
 
 
 def _ratios(ratio: list[float]) -> tuple[float, float]:

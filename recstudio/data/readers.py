@@ -314,13 +314,17 @@ def _read_sequences(src: InteractionSource, path: Path, what: str) -> RawInterac
     """One row per user with a separated item list -> one row per item; position is the time."""
     fs, roles = src.source, src.roles
     items_col = roles["items"]
-    columns = {items_col: "str"}
-    if "user" in roles:
-        columns[roles["user"]] = fs.dtypes.get(roles["user"], "auto")
-    table = read_table(path, fs, columns, required=tuple(columns), what=f"{what}.roles")
-    if table.num_rows == 0:
-        raise DataError(f"file '{path}' ({what}) has no rows")
-    seqs = table[items_col].combine_chunks()
+    if fs.sep is not None and src.item_sep == fs.sep and fs.format != "parquet":
+        seqs, user_column = _joined_sequences(src, path, what)
+    else:
+        columns = {items_col: "str"}
+        if "user" in roles:
+            columns[roles["user"]] = fs.dtypes.get(roles["user"], "auto")
+        table = read_table(path, fs, columns, required=tuple(columns), what=f"{what}.roles")
+        if table.num_rows == 0:
+            raise DataError(f"file '{path}' ({what}) has no rows")
+        seqs = table[items_col].combine_chunks()
+        user_column = table[roles["user"]].combine_chunks() if "user" in roles else None
     lists = pc.utf8_split_whitespace(seqs) if src.item_sep == " " else pc.split_pattern(seqs, src.item_sep)
     tokens = pc.utf8_trim_whitespace(pc.list_flatten(lists))
     parents = pc.list_parent_indices(lists).to_numpy()
@@ -329,15 +333,62 @@ def _read_sequences(src: InteractionSource, path: Path, what: str) -> RawInterac
     parents = parents[keep.to_numpy(zero_copy_only=False)]
     if len(tokens) == 0:
         raise DataError(f"file '{path}' ({what}) lists no items")
-    counts = np.bincount(parents, minlength=table.num_rows)
+    counts = np.bincount(parents, minlength=len(seqs))
     starts = np.cumsum(counts) - counts
     position = (np.arange(len(parents)) - starts[parents]).astype(np.float64)
     items = _cast_tokens(tokens, fs.dtypes.get(items_col, "auto"), parents, path, items_col, fs.header)
-    if "user" in roles:
-        users = table[roles["user"]].combine_chunks().take(pa.array(parents))
+    if user_column is not None:
+        users = user_column.take(pa.array(parents))
     else:
         users = pa.array(parents.astype(np.int64) + 1)
     return RawInteractions(user=users, item=items, rating=None, time=position)
+
+
+def _joined_sequences(src: InteractionSource, path: Path, what: str) -> tuple[pa.Array, pa.Array | None]:
+    """(item lists, users or None) of a file whose item list shares the field separator, as in
+    the ``user item item item`` layout (LightGCN / BARS ``train.txt``): the leading fields are
+    the other columns and the rest of the line is the list."""
+    fs, roles = src.source, src.roles
+    encoding = "utf-8-sig" if fs.encoding.lower().replace("_", "-") == "utf-8" else fs.encoding
+    try:
+        lines = path.read_bytes().decode(encoding).splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"file '{path}' ({what}) is not {fs.encoding} text: {exc}") from None
+    names = list(fs.columns) if fs.columns is not None else None
+    if fs.header:
+        header, lines = (lines[0] if lines else ""), lines[1:]
+        if names is None:
+            names = [n.strip() for n in header.split(fs.sep)]
+            names = names[: names.index(roles["items"]) + 1] if roles["items"] in names else names
+    if names is None:
+        names = [roles["user"], roles["items"]] if "user" in roles else [roles["items"]]
+    if names[-1] != roles["items"]:
+        raise DataError(
+            f"file '{path}' ({what}): with item_sep equal to sep the items column must be the last one"
+        )
+    lead = len(names) - 1
+    rows = pa.array([line for line in lines if line.strip()], pa.string())
+    if len(rows) == 0:
+        raise DataError(f"file '{path}' ({what}) has no rows")
+    if lead == 0:
+        return rows, None
+    if fs.sep.isspace():
+        parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(rows), max_splits=lead)
+    else:
+        parts = pc.split_pattern(rows, fs.sep, max_splits=lead)
+    lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+    seqs = pc.list_element(parts, lead) if (lengths > lead).all() else None
+    if seqs is None:  # a user with no items at all: an empty list, not an error
+        padded = [p if len(p) > lead else [*p, *[""] * (lead + 1 - len(p))] for p in parts.to_pylist()]
+        parts = pa.array(padded, pa.list_(pa.string()))
+        seqs = pc.list_element(parts, lead)
+    users = None
+    if "user" in roles:
+        position = names.index(roles["user"])
+        tokens = pc.utf8_trim_whitespace(pc.list_element(parts, position))
+        kind = fs.dtypes.get(roles["user"], "auto")
+        users = _cast_tokens(tokens, kind, np.arange(len(rows)), path, roles["user"], fs.header)
+    return seqs, users
 
 
 def _cast_tokens(

@@ -681,7 +681,14 @@ def _interaction_source(raw: dict[str, Any], key: str, kind_key: str, v: _Valida
     if kind == "sequences":
         item_sep = v.string(raw.get("item_sep", " "), f"{key}.item_sep") or " "
         if source.sep is not None and item_sep == source.sep:
-            v.fail(f"{key}.item_sep", "must differ from the field separator 'sep'")
+            # "user item item item" (LightGCN / BARS train.txt): the items are the rest of the line
+            items_col = roles.get("items")
+            if source.columns is not None and items_col is not None and source.columns[-1] != items_col:
+                v.fail(
+                    f"{key}.columns",
+                    f"must end with the items column '{items_col}' when item_sep equals sep "
+                    "(the items are the rest of the line)",
+                )
     fields: tuple[FieldSpec, ...] = ()
     if raw.get("fields"):
         fields_raw = v.mapping(raw["fields"], f"{key}.fields", None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -25,6 +25,15 @@ from recstudio.errors import ConfigError
 @dataclass
 class RankingParts:
     """Loss, sampler and scorer options of a model (inherit this in the model's ``Config``)."""
+
+    ranges: ClassVar[dict[str, str]] = {
+        "num_negatives": ">= 1",
+        "sampler_alpha": ">= 0",
+        "temperature": "> 0",
+        "margin": ">= 0",
+        "scorer_hidden_sizes": ">= 1",
+    }
+    """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     loss: str = "bpr"
     """Training loss: softmax, sampled_softmax, bpr, bce, hinge, warp, infonce, wrmf, pris."""

@@ -49,10 +49,47 @@ def mlflow_client(tracking_uri: str):
 
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
-        db.parent.mkdir(parents=True, exist_ok=True)
+        check_local_store(db, tracking_uri)
         if not db.exists():
             seed_sqlite_store(db)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_local_store(db: Path, tracking_uri: str) -> None:
+    """Fail in one line, at once, when a local SQLite store cannot be used.
+
+    MLflow retries opening any SQL store for ~100 s (meant for a database server that is still
+    starting); a folder that cannot be written or a file that is not a database never recovers.
+    Remote stores (http, postgresql) keep MLflow's retries.
+    """
+    hint = "pass --tracking-uri sqlite:///<writable folder>/mlflow.db (or set MLFLOW_TRACKING_URI)"
+
+    def fail(reason: str) -> TrackingError:
+        return TrackingError(f"cannot use the MLflow tracking store '{tracking_uri}': {reason}; {hint}")
+
+    import sqlite3
+    import tempfile
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create folder '{db.parent}' ({exc.strerror or exc})") from None
+    if not db.exists():
+        try:  # a probe file: os.access says yes to root on a read-only file system
+            fd, probe = tempfile.mkstemp(dir=db.parent, prefix=".mlflow-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise fail(f"folder '{db.parent}' is not writable ({exc.strerror or exc})") from None
+        return
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=10)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise fail(f"'{db}' cannot be opened as a SQLite database ({exc})") from None
 
 
 def _store_template_path() -> Path:
@@ -114,13 +151,27 @@ def seed_sqlite_store(db: Path) -> bool:
         return False
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an experiment
+with no traces opens on the GenAI "Overview" page; this kind opens the runs table ("Model
+training"). The key and value are those the MLflow 3 UI reads (``mlflow.experimentKind``)."""
+
+
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
-    """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store."""
+    """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store,
+    marked as a model-training experiment (an experiment without a kind gets it too)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_root(tracking_uri))
+        return client.create_experiment(
+            name,
+            artifact_location=default_artifact_root(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
     except Exception:  # another worker created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -147,6 +198,8 @@ class Tracker:
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+        except TrackingError:
+            raise
         except Exception as exc:
             raise TrackingError(f"cannot open MLflow tracking store '{self.tracking_uri}': {exc}") from exc
         self.run_id: str = run.info.run_id
@@ -184,6 +237,31 @@ class Tracker:
             )
             if op is not None:
                 self._pending.append(op)
+
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: dict[str, Any],
+        profile: dict[str, Any],
+        schema: dict[str, Any] | None = None,
+        context: str = "training",
+    ) -> None:
+        """Record the run's data as an MLflow dataset input (the runs table's Dataset column):
+        runs on the same prepared data share ``name`` and ``digest``; a changed raw file or
+        preprocessing option changes the digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps(source, default=str),
+            schema=json.dumps(schema) if schema else None,
+            profile=json.dumps(profile, default=str),
+        )
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

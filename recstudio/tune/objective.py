@@ -218,6 +218,8 @@ class Objective:
             devices=s.devices,
             quiet=True,
             verbose=s.verbose,
+            progress="lines" if s.progress == "auto" else s.progress,
+            progress_prefix=f"trial {trial.number}: ",
             checkpoint_dir=ckpt_dir,
             callbacks=[pruning],
         )

@@ -162,7 +162,12 @@ class ParentRun:
         }
         for key, value in (best.user_attrs.get("overrides") or best.params).items():
             tags[f"best.param.{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
+        parent = self.client.get_run(self.run_id)
+        run_id = best.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tags["mlflow.note.content"] = best_note(best, run_id, parent.info.experiment_id)
         self.set_tags(tags)
+        self.log_metrics(best_trial_metrics(best, parent.data.tags.get("metric")), step=best.number)
         return best
 
     def record_counts(self, study: optuna.Study, step: int) -> dict[str, int]:
@@ -172,6 +177,33 @@ class ParentRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def best_note(best: optuna.trial.FrozenTrial, run_id: str, experiment_id: str) -> str:
+    """The parent run's description (MLflow's note, shown on its page): a link to the best
+    trial's run, its objective and parameters."""
+    params = best.user_attrs.get("overrides") or best.params
+    shown = ", ".join(f"`{k}={v}`" for k, v in params.items())
+    return (
+        f"Best trial so far: [trial {best.number}](#/experiments/{experiment_id}/runs/{run_id}) "
+        f"with objective {best.value:.6g}; {shown}"
+    )
+
+
+def best_trial_metrics(best: optuna.trial.FrozenTrial, metric: str | None) -> dict[str, float]:
+    """The best trial's single values under the names its own run uses (``test/<m>``,
+    ``best_valid/<monitor>``, ``best_epoch``), so the parent's row in the runs table shows them
+    in the same columns as the trials (step = the trial number)."""
+    from recstudio.track.tracker import _metric_key
+
+    result = best.user_attrs.get("result") or {}
+    metrics = {_metric_key(f"test/{k}"): v for k, v in (result.get("test") or {}).items()}
+    if best.value is not None:
+        key = f"best_valid/{metric}" if metric else "best_valid/objective"
+        metrics[_metric_key(key)] = best.value
+    if result.get("best_epoch") is not None:
+        metrics["best_epoch"] = float(result["best_epoch"])
+    return metrics
 
 
 class TrialRecorder:

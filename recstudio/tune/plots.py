@@ -3,8 +3,10 @@
 Plots need ``plotly``; without it they are skipped with a warning that says what to install,
 because a missing plot must never fail a finished study. Each plot is skipped on its own when
 the study cannot support it yet (importances need two completed trials with varying params).
-The HTML loads plotly.js from its CDN so that each file stays a few kB; viewing it needs a
-browser with internet access (``write_html(include_plotlyjs=True)`` embeds it instead).
+Each HTML file embeds plotly.js (``include_plotlyjs=True``, ~4.7 MB a file): a GPU workstation
+behind a firewall has no CDN, and the MLflow UI shows an HTML artifact in a frame where a script
+beside the file would not load either, so only the inlined library renders everywhere. Where
+``kaleido`` is installed a static ``<name>.png`` is written beside each HTML file too.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def _figures() -> dict[str, tuple[Callable[[optuna.Study], Any], int]]:
 
 
 def write_study_plots(
-    study: optuna.Study, out_dir: str | Path, include_plotlyjs: str | bool = "cdn"
+    study: optuna.Study, out_dir: str | Path, include_plotlyjs: str | bool = True
 ) -> list[Path]:
-    """Write every plot the study supports to ``out_dir/<name>.html``; returns the written files."""
+    """Write every plot the study supports to ``out_dir/<name>.html`` (and ``<name>.png`` where
+    kaleido can render it); returns the written files."""
     try:
         import plotly  # noqa: F401
     except ImportError:
@@ -58,9 +61,26 @@ def write_study_plots(
             path = out_dir / f"{name}.html"
             figure.write_html(str(path), include_plotlyjs=include_plotlyjs)
             written.append(path)
+            png = _static_image(figure, out_dir / f"{name}.png")
+            if png is not None:
+                written.append(png)
         except Exception as exc:  # e.g. importances when every trial has the same params
             log.info("plot %s skipped: %s", name, exc)
     return written
+
+
+def _static_image(figure: Any, path: Path) -> Path | None:
+    """``path`` as a PNG when kaleido is installed (and can start its browser), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("kaleido") is None:
+        return None
+    try:
+        figure.write_image(str(path), format="png", width=1100, height=600)
+    except Exception as exc:  # noqa: BLE001 - kaleido without a usable browser: HTML only
+        log.info("static plot %s skipped: %s", path.name, exc)
+        return None
+    return path
 
 
 def log_study_plots(study: optuna.Study, parent: Any) -> list[str]:

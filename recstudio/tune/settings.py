@@ -82,6 +82,8 @@ class TuneSettings:
     devices: int | str = "auto"
     quiet: bool = False
     verbose: bool = False
+    progress: str = "auto"
+    """Trials' progress (``recstudio.progress``): auto, bar, lines or none."""
     data: Any = None
     """An in-memory PreparedData used instead of the dataset spec (tests, notebooks)."""
 

@@ -50,6 +50,14 @@ class MultiVAE(TowerFreeRecommender):
 
     @dataclass
     class Config:
+        ranges: ClassVar[dict[str, str]] = {
+            "hidden_dims": ">= 1",
+            "latent_dim": ">= 1",
+            "dropout": "[0, 1)",
+            "anneal_cap": ">= 0",
+            "total_anneal_steps": ">= 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         hidden_dims: list[int] = field(default_factory=lambda: [600])
         """Encoder hidden sizes (the decoder mirrors them)."""
         latent_dim: int = 200

@@ -54,6 +54,13 @@ class DeepFM(FieldRecommender):
 
     @dataclass
     class Config(FieldConfig):
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "mlp_hidden_sizes": ">= 1",
+            "dropout": "[0, 1)",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 10
         """Embedding size of every field (RecBole's default 10)."""
         mlp_hidden_sizes: list[int] = field(default_factory=lambda: [128, 128, 128])

@@ -109,6 +109,8 @@ class FM(ItemTowerRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {"embed_dim": ">= 1", "init_std": "> 0", "reg_weight": ">= 0"}
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         init_std: float = 0.01
         """Standard deviation of the normal initialisation of the factor vectors."""

@@ -34,6 +34,8 @@ class BPR(TwoTowerRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {"embed_dim": ">= 1", "init_std": "> 0", "reg_weight": ">= 0"}
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         """Dimension of user and item embeddings."""
         init_std: float = 0.01

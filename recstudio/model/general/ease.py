@@ -47,6 +47,8 @@ class EASE(TowerFreeRecommender):
 
     @dataclass
     class Config:
+        ranges: ClassVar[dict[str, str]] = {"reg_weight": "> 0"}
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         reg_weight: float = 250.0
         """lambda, the L2 penalty on B (the paper finds a few hundred works on MovieLens-sized data)."""
 

@@ -52,6 +52,13 @@ class LightGCN(TwoTowerRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "num_layers": ">= 0",
+            "reg_weight": ">= 0",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         """Dimension of the layer-0 user and item embeddings (RecBole: 64)."""
         num_layers: int = 2

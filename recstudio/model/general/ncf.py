@@ -47,6 +47,13 @@ class NCF(PairwiseRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "mlp_layers": ">= 1",
+            "dropout": "[0, 1)",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         variant: Variant = "neumf"
         """gmf: weighted inner product; mlp: MLP over concatenated embeddings; neumf: both."""
         embed_dim: int = 64

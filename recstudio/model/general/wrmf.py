@@ -85,6 +85,13 @@ class WRMF(TowerFreeRecommender):
 
     @dataclass
     class Config:
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "alpha": ">= 0",
+            "reg_weight": "> 0",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         alpha: float = 10.0
         """Confidence slope: c = 1 + alpha * rating for observed cells, 1 elsewhere."""

@@ -73,6 +73,14 @@ class CKE(TwoTowerRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "kg_embed_dim": ">= 1",
+            "reg_weights": ">= 0",
+            "kg_batch_size": ">= 1",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         """Dimension of user, item-offset and entity vectors (RecBole embedding_size: 64)."""
         kg_embed_dim: int = 64

@@ -18,6 +18,7 @@ scorer over ``item_vectors()``, which sampled losses and ANN retrieval rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +44,18 @@ from recstudio.model.registry import register
 @dataclass
 class BERT4RecConfig(RankingParts):
     """Hyperparameters of BERT4Rec; defaults follow the paper's ML-1m setting at hidden size 64."""
+
+    ranges: ClassVar[dict[str, str]] = {
+        "max_seq_len": ">= 2",
+        "hidden_size": ">= 1",
+        "inner_size": ">= 1",
+        "num_layers": ">= 1",
+        "num_heads": ">= 1",
+        "dropout": "[0, 1)",
+        "mask_ratio": "(0, 1]",
+        "last_mask_prob": "[0, 1]",
+    }
+    """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     max_seq_len: int = 50
     """Longest input sequence (the most recent items are kept); also sizes the positional table.

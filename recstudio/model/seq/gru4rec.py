@@ -51,6 +51,15 @@ from recstudio.model.registry import register
 class GRU4RecConfig(RankingParts):
     """Hyperparameters of GRU4Rec; architecture defaults as RecBole 1.2.1's GRU4Rec."""
 
+    ranges: ClassVar[dict[str, str]] = {
+        "max_seq_len": ">= 1",
+        "embed_dim": ">= 1",
+        "hidden_size": ">= 1",
+        "num_layers": ">= 1",
+        "dropout": "[0, 1)",
+    }
+    """Allowed values, checked when the config is built (``--set`` errors name the key)."""
+
     max_seq_len: int = 100
     """Longest input sequence (the most recent items are kept); the pipeline passes it to the
     ``seq2seq`` view and to the evaluation split. RecBole's MAX_ITEM_LIST_LENGTH is 50; 100

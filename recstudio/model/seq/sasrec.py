@@ -22,6 +22,7 @@ fixed-length left-padded input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -46,6 +47,16 @@ from recstudio.model.registry import register
 @dataclass
 class SASRecConfig(RankingParts):
     """Hyperparameters of SASRec; defaults follow the paper at ml-1m scale (d=50 there, 64 here)."""
+
+    ranges: ClassVar[dict[str, str]] = {
+        "max_seq_len": ">= 1",
+        "hidden_size": ">= 1",
+        "inner_size": ">= 1",
+        "num_layers": ">= 1",
+        "num_heads": ">= 1",
+        "dropout": "[0, 1)",
+    }
+    """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     max_seq_len: int = 50
     """Longest input sequence (the most recent items are kept); also sizes the positional table.

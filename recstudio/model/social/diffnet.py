@@ -107,6 +107,13 @@ class DiffNet(TwoTowerRecommender):
 
     @dataclass
     class Config(RankingParts):
+        ranges: ClassVar[dict[str, str]] = {
+            "embed_dim": ">= 1",
+            "num_layers": ">= 0",
+            "reg_weight": ">= 0",
+            "init_std": "> 0",
+        }
+        """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         embed_dim: int = 64
         """Dimension of user and item vectors (RecBole-GNN embedding_size: 64)."""
         num_layers: int = 2
