@@ -11,7 +11,9 @@ import click
 
 def describe_model(cls: type) -> dict[str, Any]:
     """A model's metadata as data: family, data contract (under its defaults), hyperparameter
-    defaults, section defaults it sets, and its search space."""
+    defaults, section defaults it sets, its search space and its pruning profile in studies."""
+    from recstudio.tune.calibrated import describe_profile
+
     config = cls.Config()
     contract = cls.data_contract(config)
     return {
@@ -34,6 +36,7 @@ def describe_model(cls: type) -> dict[str, Any]:
         "config": _own_fields_first(config),
         "default_overrides": cls.default_overrides,
         "search_space": cls.search_space,
+        "pruning": describe_profile(cls.family),
     }
 
 
@@ -60,7 +63,7 @@ def _summary(cls: type) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models_command(name: str | None, as_json: bool) -> None:
     """List the registered models by family with their training inputs; with NAME, show that
-    model's data contract, hyperparameter defaults and search space."""
+    model's data contract, hyperparameter defaults, search space and pruning profile."""
     from recstudio.model.registry import FAMILIES, all_models, get_model_class
 
     if name is not None:
@@ -81,9 +84,10 @@ def models_command(name: str | None, as_json: bool) -> None:
             click.echo(f"    {key} = {value!r}")
         if info["default_overrides"]:
             click.echo(f"  section defaults: {json.dumps(info['default_overrides'])}")
-        click.echo("  search space (recstudio tune):")
+        click.echo("  search space (recstudio tune; contains every default above):")
         for key, spec in info["search_space"].items():
             click.echo(f"    {key}: {json.dumps(spec)}")
+        click.echo(f"  pruning (recstudio tune, {info['family']} family): {info['pruning']['rule']}")
         return
     models = all_models()
     if as_json:
