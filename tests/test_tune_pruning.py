@@ -108,6 +108,15 @@ def test_minimised_metrics_prune_the_largest() -> None:
     assert not p.prune(study, running(study, {e: -1.0 for e in range(5)}))
 
 
+def test_the_last_epoch_is_never_pruned() -> None:
+    """A one-epoch model (EASE): pruning at the end saves nothing and would lose the result."""
+    study = optuna.create_study(direction="maximize")
+    for defaults in (True, False, False):
+        study.add_trial(finished({0: 0.5}, defaults=defaults, best_epoch=0))
+    assert not CalibratedPruner(0.5, 2, min_trials=1, max_epochs=1).prune(study, running(study, {0: 0.0}))
+    assert CalibratedPruner(0.5, 2, min_trials=1, max_epochs=2).prune(study, running(study, {0: 0.0}))
+
+
 def test_too_few_trials_at_a_rung_prune_nothing() -> None:
     study = optuna.create_study(direction="maximize")
     study.add_trial(finished({e: 0.5 for e in range(10)}, defaults=True, best_epoch=3))

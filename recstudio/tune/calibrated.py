@@ -20,7 +20,8 @@ The rule here:
    only if it is among the best ``max(1, floor(n / r))`` of the ``n`` trials there. With fewer
    than ``min_trials`` other trials at a rung nothing is pruned.
 3. **The defaults trial is never pruned** (it is the study's starting point), but its reported
-   values are the bar every other trial meets at each rung.
+   values are the bar every other trial meets at each rung. Nor is any trial at its last epoch
+   (``train.epochs``): that saves nothing (EASE trains one epoch).
 
 ``F`` (``warmup_fraction``) and ``r`` (``reduction_factor``) come per family
 (``PROFILES``): ranking models (general, knowledge, social, sequential) converge over tens to
@@ -146,6 +147,8 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or is_defaults_trial(trial):
             return False
+        if self.max_epochs is not None and step >= self.max_epochs - 1:
+            return False  # the last epoch: pruning saves nothing and would discard the result
         trials = study.get_trials(deepcopy=False)
         warmup = self.warmup(self.reference_epoch(trials))
         if step < warmup - 1:
