@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from recstudio.cli import cli
+from recstudio.errors import ConfigError
 from recstudio.experiment import resolve_config
 from recstudio.model.general.bpr import BPR
 from recstudio.model.registry import get_model_class
@@ -161,6 +162,8 @@ def test_baseline_is_a_deprecated_alias(spec: Path) -> None:
     assert build_settings(**common).defaults_trial is True
     assert build_settings(**common, defaults_trial=False).defaults_trial is False
     assert build_settings(**common, baseline=True).defaults_trial is True
+    with pytest.raises(ConfigError, match="tune.defaults_trial must be true or false, got 'yes'"):
+        build_settings(**common, section={"defaults_trial": "yes"})
 
 
 def test_wall_clock_budget_stops_when_a_trial_cannot_fit() -> None:

@@ -254,10 +254,13 @@ def build_settings(
         trials = DEFAULT_TRIALS
     if heartbeat_interval is None:
         heartbeat_interval = section.get("heartbeat_interval", 60)
+    for key in ("defaults_trial", "baseline"):
+        if section.get(key) is not None and not isinstance(section[key], bool):
+            raise ConfigError(f"tune.{key} must be true or false, got {section[key]!r}")
     if defaults_trial is None:
         defaults_trial = section.get("defaults_trial")
     if baseline is None and section.get("baseline") is not None:
-        baseline = bool(section["baseline"])
+        baseline = section["baseline"]
         warn_baseline("tune.baseline")
     if defaults_trial is None:
         # --baseline / tune.baseline: the old opt-in; true is now the default, false opts out
