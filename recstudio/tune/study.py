@@ -154,9 +154,10 @@ def enqueue_defaults(study: optuna.Study, settings: TuneSettings) -> bool:
     """Enqueue the defaults trial unless the study already has one; True when it did.
 
     Called once per invocation in the process that creates the study, before any worker starts,
-    so parallel workers never enqueue (or run) it twice; Optuna's RDB storage hands a WAITING
-    trial to exactly one worker. A resumed study that was created without one (an older study,
-    or ``--no-defaults-trial`` earlier) gets it now: the comparison needs it.
+    so parallel workers never enqueue it twice; only worker 0 pops it
+    (``workers.wait_for_queued_defaults``: on SQLite two workers can pop one WAITING trial).
+    A resumed study that was created without one (an older study, or ``--no-defaults-trial``
+    earlier) gets it now: the comparison needs it.
     """
     from recstudio.tune.calibrated import ATTR_DEFAULTS, is_defaults_trial
     from recstudio.tune.space import defaults_params

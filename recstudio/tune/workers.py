@@ -96,6 +96,8 @@ def optimize(
     )
     callbacks = [TrialRecorder(parent)]
     sampler = study.sampler
+    if worker > 0:
+        wait_for_queued_defaults(study)
     while True:
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
             log.info("grid sampler: every grid point has been tried")
@@ -106,6 +108,27 @@ def optimize(
         # no gc_after_trial: a full collection of a heap holding torch, MLflow and SQLAlchemy
         # costs seconds per trial; the trial's tensors are freed by reference counting
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+
+
+def wait_for_queued_defaults(study: optuna.Study, timeout: float = 120.0, poll: float = 0.2) -> None:
+    """Block until no defaults trial is waiting in the queue (worker 0 has taken it).
+
+    On SQLite, two workers that ask at the same moment can both pop the same WAITING trial
+    (there is no row lock), and the defaults trial then runs twice and the second ``tell``
+    fails. Workers other than 0 therefore start only once worker 0 has popped it; after
+    ``timeout`` seconds (worker 0 died, say) they go on and one of them runs it.
+    """
+    from optuna.trial import TrialState
+
+    from recstudio.tune.calibrated import is_defaults_trial
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not any(is_defaults_trial(t) for t in waiting):
+            return
+        time.sleep(poll)
+    log.warning("the defaults trial is still queued after %.0f s; this worker starts anyway", timeout)
 
 
 def expected_trial_seconds(study: optuna.Study) -> float | None:
