@@ -87,6 +87,7 @@ def test_tune_best_export_reproduces_with_run(
             "space.yaml",
             "--pruner",
             "none",
+            "--no-defaults-trial",  # the space excludes BPR's defaults; test_tune_defaults.py covers it
         ]
         + ["--seed", "3", "--tracking-uri", tracking_uri, "--experiment", "cli", "--json", *FAST, *common]
     )
@@ -129,6 +130,7 @@ def test_tune_best_export_reproduces_with_run(
             "space.yaml",
             "--pruner",
             "none",
+            "--no-defaults-trial",
         ]
         + ["--tracking-uri", tracking_uri, "--experiment", "cli", "--json", *FAST, *common]
     )
@@ -194,8 +196,9 @@ def test_data_parameters_get_their_own_cache_entries(
         ]
         + ["--json", "--storage", f"sqlite:///{workdir / 'data.db'}", *FAST]
     )
-    # the grid has two points: the study stops there rather than repeating one
-    assert summary["invocation"]["trials"]["COMPLETE"] == 2
+    # the defaults trial (min_user_inter 0), then the grid's two points: the study stops there
+    # rather than repeating one (Optuna's grid sampler does not count an enqueued trial)
+    assert summary["invocation"]["trials"]["COMPLETE"] == 3
     assert sorted(builds) == ["min_user_inter=0", "min_user_inter=13"]
     entries = recstudio.data.list_cache()
     assert len(entries) == 2
@@ -329,13 +332,13 @@ def test_ready_study_configs_are_valid(path: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "sampler, pruner, expected",
     [
-        (None, None, "hyperband"),
-        ("tpe", None, "hyperband"),
-        ("random", None, "median"),
+        (None, None, "calibrated"),
+        ("tpe", None, "calibrated"),
+        ("random", None, "calibrated"),
         ("tpe", "median", "median"),
     ],
 )
-def test_default_pruner_follows_the_sampler(
+def test_default_pruner_is_calibrated_for_every_sampler(
     spec: Path, workdir: Path, sampler: str | None, pruner: str | None, expected: str
 ) -> None:
     from recstudio.tune.settings import build_settings

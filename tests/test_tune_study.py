@@ -66,6 +66,7 @@ def settings_for(
         experiment=f"tune-{name}",
         data=small_data(),
         quiet=True,
+        defaults_trial=False,  # these tests steer trials by enqueueing them (test_tune_defaults.py)
     )
     defaults.update(kwargs)
     return TuneSettings(**defaults)
@@ -357,16 +358,16 @@ def test_two_invocations_opening_one_new_study_keep_one_parent(workdir: Path, tr
     assert [r.info.run_id for r in parents] == [first.run_id]
 
 
-def test_baseline_is_the_first_trial_of_a_new_study(workdir: Path) -> None:
+def test_defaults_trial_is_enqueued_first_and_once(workdir: Path) -> None:
     from recstudio.tune.storage import make_storage
     from recstudio.tune.study import create_or_load
 
-    settings = settings_for(workdir, "baseline", trials=1, dims=(16, 64), baseline=True)
+    settings = settings_for(workdir, "baseline", trials=1, dims=(16, 64), defaults_trial=True)
     storage = make_storage(settings.storage, heartbeat_interval=None)
     study, resumed = create_or_load(settings, storage)
     assert not resumed
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{"model.embed_dim": 64}]  # BPR default
-    assert waiting[0].user_attrs["baseline"] is True
+    assert waiting[0].user_attrs["defaults"] is True
     study, resumed = create_or_load(settings, storage)  # resuming enqueues nothing more
     assert resumed and len(study.trials) == 1

@@ -11,8 +11,10 @@ import click
 
 def describe_model(cls: type) -> dict[str, Any]:
     """A model's metadata as data: family, data contract (under its defaults), hyperparameter
-    defaults, section defaults it sets, and its search space."""
+    defaults with their allowed ranges, section defaults it sets, its search space and its
+    pruning profile in studies."""
     from recstudio.config import declared_ranges
+    from recstudio.tune.calibrated import describe_profile
 
     config = cls.Config()
     contract = cls.data_contract(config)
@@ -37,6 +39,7 @@ def describe_model(cls: type) -> dict[str, Any]:
         "ranges": declared_ranges(cls.Config),
         "default_overrides": cls.default_overrides,
         "search_space": cls.search_space,
+        "pruning": describe_profile(cls.family),
     }
 
 
@@ -63,7 +66,7 @@ def _summary(cls: type) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models_command(name: str | None, as_json: bool) -> None:
     """List the registered models by family with their training inputs; with NAME, show that
-    model's data contract, hyperparameter defaults and search space."""
+    model's data contract, hyperparameter defaults, search space and pruning profile."""
     from recstudio.model.registry import FAMILIES, all_models, get_model_class
 
     if name is not None:
@@ -85,9 +88,10 @@ def models_command(name: str | None, as_json: bool) -> None:
             click.echo(f"    {key} = {value!r}{allowed}")
         if info["default_overrides"]:
             click.echo(f"  section defaults: {json.dumps(info['default_overrides'])}")
-        click.echo("  search space (recstudio tune):")
+        click.echo("  search space (recstudio tune; contains every default above):")
         for key, spec in info["search_space"].items():
             click.echo(f"    {key}: {json.dumps(spec)}")
+        click.echo(f"  pruning (recstudio tune, {info['family']} family): {info['pruning']['rule']}")
         return
     models = all_models()
     if as_json:

@@ -24,7 +24,7 @@ import click
 
 from recstudio.commands.options import config_flags
 from recstudio.commands.run import common_run_options, parse_devices
-from recstudio.tune.strategies import PRUNERS, SAMPLERS
+from recstudio.tune.strategies import PRUNER_HELP, PRUNERS, SAMPLERS
 
 log = logging.getLogger("recstudio.tune")
 
@@ -65,7 +65,10 @@ def _duration(seconds: float | None) -> str:
     "unlimited with --timeout.",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), help="Start no new trial after S seconds."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Start no new trial after S seconds, nor when the time left is shorter than the median "
+    "completed trial.",
 )
 @click.option("--study-name", help="Study name (default MODEL-DATASET); an existing name resumes that study.")
 @click.option(
@@ -77,7 +80,7 @@ def _duration(seconds: float | None) -> str:
 @click.option(
     "--pruner",
     type=click.Choice(PRUNERS),
-    help="Pruner over validation epochs (default hyperband; median with --sampler random).",
+    help="Pruner over validation epochs. " + PRUNER_HELP,
 )
 @click.option(
     "--metric",
@@ -98,11 +101,18 @@ def _duration(seconds: float | None) -> str:
     "Default 60.",
 )
 @click.option(
+    "--defaults-trial/--no-defaults-trial",
+    "defaults_trial",
+    default=None,
+    help="The study's first trial runs the model's defaults (with --set values), in full and never "
+    "pruned, and the summary compares the best trial with it. Default: on.",
+)
+@click.option(
     "--baseline",
     is_flag=True,
     default=None,
-    help="A new study's first trial uses the model's defaults (and --set values) for the searched keys "
-    "that lie inside the space, so the study starts from the untuned config.",
+    hidden=True,
+    help="Deprecated alias of --defaults-trial (now the default).",
 )
 @config_flags()
 def tune_command(
@@ -130,6 +140,7 @@ def tune_command(
     search_space,
     workers,
     heartbeat_interval,
+    defaults_trial,
     baseline,
     config_flags,
 ) -> None:
@@ -141,6 +152,10 @@ def tune_command(
     never used to choose. Running the same command again resumes the study; --seed also seeds
     the sampler.
 
+    Trial 0 runs the model's defaults (the defaults trial), so the study never ends below them;
+    the summary (and --json: `defaults`, `vs_defaults`) compares the best trial with it on
+    validation and test. `recstudio models NAME` shows a model's search space and pruning.
+
     \b
     Examples:
       recstudio tune -m NCF -d ml-100k --trials 50
@@ -151,9 +166,11 @@ def tune_command(
     from recstudio.cli import setup_logging
     from recstudio.errors import TrainingError
     from recstudio.tune.runner import run_study
-    from recstudio.tune.settings import build_settings, split_tune_sections
+    from recstudio.tune.settings import build_settings, split_tune_sections, warn_baseline
 
     setup_logging(quiet=quiet or as_json, verbose=verbose)
+    if baseline:
+        warn_baseline("--baseline")
     with tempfile.TemporaryDirectory(prefix="recstudio-tune-") as tmp:
         files, section = split_tune_sections(config_files, Path(tmp))
         settings = build_settings(
@@ -174,6 +191,7 @@ def tune_command(
             search_space=search_space,
             workers=workers,
             heartbeat_interval=heartbeat_interval,
+            defaults_trial=defaults_trial,
             baseline=baseline,
         )
     settings.tracking_uri = tracking_uri
@@ -224,7 +242,32 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
         click.echo(f"    {key} = {_format_value(value)}")
     if best.get("run_id"):
         click.echo(f"  MLflow run {best['run_id']} (parent run {summary.get('parent_run_id')})")
+    for line in comparison_lines(summary, metric):
+        click.echo(line)
     click.echo(f"  export it: recstudio best {summary['study']} --export best.yaml")
+
+
+def comparison_lines(summary: dict[str, Any], metric: str) -> list[str]:
+    """The end summary's "best vs defaults" lines (valid and test, absolute and relative)."""
+    vs = summary.get("vs_defaults")
+    if not vs:
+        if summary.get("defaults") is None:
+            return ["  no completed defaults trial in this study: no comparison with the defaults"]
+        return []
+    lines = [
+        f"  vs the defaults (trial {vs['defaults_trial']})"
+        + (": the defaults are the best trial" if vs["best_is_defaults"] else ":")
+    ]
+    for split, label in (("valid", "validation"), ("test", "test (not used to choose)")):
+        part = vs.get(split)
+        if not part:
+            lines.append(f"    {label}: -")
+            continue
+        rel = f" ({100 * part['rel']:+.2f}%)" if part.get("rel") is not None else ""
+        lines.append(
+            f"    {label}: {metric} {part['best']:.4f} vs {part['defaults']:.4f}, {part['abs']:+.4f}{rel}"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- studies

@@ -53,6 +53,9 @@ TRANSFORMER_SEARCH_SPACE: dict = {
     "num_layers": {"type": "int", "low": 1, "high": 3},
     "num_heads": {"type": "categorical", "choices": [1, 2, 4]},
     "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "max_seq_len": {"type": "categorical", "choices": [50, 100, 200]},
+    # softmax temperature (None: 1.0, the default)
+    "temperature": {"type": "categorical", "choices": [None, 0.05, 0.1, 0.2, 0.5]},
 }
 """Search space over the encoder hyperparameters every transformer sequence model has."""
 

@@ -29,12 +29,21 @@ _discovered = False
 
 
 def register(cls: type[Recommender]) -> type[Recommender]:
-    """Class decorator: make ``cls`` available by its class name."""
+    """Class decorator: make ``cls`` available by its class name.
+
+    The model's search space is validated here, and must contain every default it searches
+    (``recstudio.tune.space.check_defaults_inside``): a study's defaults trial reproduces the
+    untuned model, so a space that excludes a default is an error when the model is defined,
+    not a surprise in a study.
+    """
+    from recstudio.tune.space import check_defaults_inside
+
     key = cls.__name__.lower()
     if key in _REGISTRY and _REGISTRY[key] is not cls:
         raise ModelError(f"model name '{cls.__name__}' is registered twice")
     if cls.family not in FAMILIES:
         raise ModelError(f"model '{cls.__name__}' declares unknown family '{cls.family}'")
+    check_defaults_inside(cls)
     _REGISTRY[key] = cls
     return cls
 

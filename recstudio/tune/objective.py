@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from recstudio.errors import TrainingError
+from recstudio.tune.calibrated import ATTR_DEFAULTS
 from recstudio.tune.space import suggest
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"
 TAG_STATE = "optuna.state"
 TAG_INVOCATION = "recstudio.tune.invocation"
+TAG_DEFAULTS = "recstudio.tune.defaults"
+"""Child-run tag of the defaults trial."""
 
 
 class TrialValueError(TrainingError):
@@ -179,7 +182,14 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         s = self.settings
-        overrides = suggest(trial, s.space)
+        defaults = bool(trial.user_attrs.get(ATTR_DEFAULTS))
+        space = s.space
+        if defaults:  # only the enqueued keys: a default outside a user's space keeps its value
+            from recstudio.tune.space import defaults_params
+
+            inside = defaults_params(s.space, s.base_config)
+            space = {k: v for k, v in s.space.items() if k in inside}
+        overrides = suggest(trial, space)
         # each user attr is one storage transaction: few of them, grouped (overrides, config,
         # invocation before the run so a failed trial keeps them; run id and result after)
         trial.set_user_attr("overrides", overrides)
@@ -190,6 +200,8 @@ class Objective:
             TAG_INVOCATION: self.invocation,
             "recstudio.tune.worker": str(self.worker),
         }
+        if defaults:
+            tags[TAG_DEFAULTS] = "true"
         try:
             cfg = trial_config(s, overrides)
         except Exception as exc:  # a sampled combination the config rejects: this trial fails alone
@@ -201,7 +213,7 @@ class Objective:
         from recstudio.pipeline import RunOptions, run
         from recstudio.tune.pruning import PruningCallback
 
-        pruning = PruningCallback(trial, metric_name=s.metric)
+        pruning = PruningCallback(trial, metric_name=s.metric, prune=not defaults)
         # per-trial checkpoint folder: the pipeline copies the best checkpoint into the MLflow
         # run; the local copy of every trial would otherwise accumulate in /tmp
         ckpt_dir = tempfile.mkdtemp(prefix=f"recstudio-trial{trial.number}-") if s.tracking else None

@@ -170,6 +170,32 @@ class ParentRun:
         self.log_metrics(best_trial_metrics(best, parent.data.tags.get("metric")), step=best.number)
         return best
 
+    def record_comparison(self, summary: dict[str, Any], step: int) -> None:
+        """Best vs defaults (``summary["vs_defaults"]``) as parent-run metrics and tags."""
+        vs = summary.get("vs_defaults")
+        if not vs:
+            return
+        metrics: dict[str, float] = {}
+        tags: dict[str, Any] = {
+            "vs_defaults.defaults_trial": vs["defaults_trial"],
+            "vs_defaults.best_trial": vs["best_trial"],
+            "vs_defaults.best_is_defaults": str(vs["best_is_defaults"]).lower(),
+        }
+        for split in ("valid", "test"):
+            part = vs.get(split)
+            if not part:
+                continue
+            metrics[f"defaults_{split}"] = part["defaults"]
+            metrics[f"best_{split}"] = part["best"]
+            metrics[f"vs_defaults_{split}_abs"] = part["abs"]
+            if part["rel"] is not None:
+                metrics[f"vs_defaults_{split}_rel"] = part["rel"]
+                tags[f"vs_defaults.{split}"] = (
+                    f"{part['best']:.6g} vs {part['defaults']:.6g} ({100 * part['rel']:+.2f}%)"
+                )
+        self.log_metrics(metrics, step=step)
+        self.set_tags(tags)
+
     def record_counts(self, study: optuna.Study, step: int) -> dict[str, int]:
         counts = state_counts(study.get_trials(deepcopy=False))
         self.log_metrics({f"trials_{k.lower()}": float(v) for k, v in counts.items()}, step=step)

@@ -25,11 +25,19 @@ class PruningCallback(pl.Callback):
     raise ``optuna.TrialPruned`` when the study's pruner says so.
 
     ``reported`` keeps what was reported ({epoch: value}), so the caller can tell how far a
-    pruned trial got.
+    pruned trial got. With ``prune=False`` (the defaults trial) values are reported, so that
+    pruners compare other trials with them, but the trial is never stopped.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = "monitor", metric_name: str | None = None) -> None:
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        monitor: str = "monitor",
+        metric_name: str | None = None,
+        prune: bool = True,
+    ) -> None:
         super().__init__()
+        self.prune = prune
         self.trial = trial
         self.monitor = monitor
         self.metric_name = metric_name or monitor
@@ -53,6 +61,6 @@ class PruningCallback(pl.Callback):
             return
         self.trial.report(value, step=epoch)
         self.reported[epoch] = value
-        if self.trial.should_prune():
+        if self.prune and self.trial.should_prune():
             message = f"pruned at epoch {epoch} ({self.metric_name}={value:.4f})"
             raise optuna.TrialPruned(message)

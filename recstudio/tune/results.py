@@ -19,6 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from recstudio.errors import ConfigError
+from recstudio.tune.calibrated import is_defaults_trial
 from recstudio.tune.study import ATTR_PARENT_RUN
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -46,6 +47,8 @@ def summarize(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None
     """Study facts and its best trial (value, params, MLflow run id) as plain data."""
     trials = trials if trials is not None else study.get_trials(deepcopy=False)
     best = best_completed(study, trials)
+    defaults = defaults_completed(trials)
+    metric = study.user_attrs.get("metric")
     return {
         "study": study.study_name,
         "model": study.user_attrs.get("model"),
@@ -55,6 +58,54 @@ def summarize(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None
         "trials": state_counts(trials),
         "parent_run_id": study.user_attrs.get(ATTR_PARENT_RUN),
         "best": trial_summary(best) if best is not None else None,
+        "defaults": trial_summary(defaults) if defaults is not None else None,
+        "vs_defaults": compare(best, defaults, metric, study.direction == StudyDirection.MAXIMIZE)
+        if best is not None and defaults is not None
+        else None,
+    }
+
+
+def defaults_completed(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The study's completed defaults trial (the first, if a resume added another)."""
+    done = [
+        t for t in trials if is_defaults_trial(t) and t.state == TrialState.COMPLETE and t.value is not None
+    ]
+    return min(done, key=lambda t: t.number) if done else None
+
+
+def compare(
+    best: optuna.trial.FrozenTrial, defaults: optuna.trial.FrozenTrial, metric: str | None, maximize: bool
+) -> dict[str, Any]:
+    """How the best trial compares with the defaults trial on validation (the objective) and on
+    test (reported, never used to choose): values, absolute and relative differences.
+
+    ``abs`` is best minus defaults; ``gain`` is that difference in the study's direction (positive
+    = better, also for a minimised metric such as log loss); ``rel`` is ``gain / |defaults|``.
+    """
+
+    def pair(b: float | None, d: float | None) -> dict[str, Any] | None:
+        if b is None or d is None:
+            return None
+        gain = (b - d) if maximize else (d - b)
+        return {
+            "best": b,
+            "defaults": d,
+            "abs": b - d,
+            "gain": gain,
+            "rel": gain / abs(d) if d else None,
+        }
+
+    def test_of(t: optuna.trial.FrozenTrial) -> float | None:
+        value = ((t.user_attrs.get("result") or {}).get("test") or {}).get(metric) if metric else None
+        return float(value) if value is not None else None
+
+    return {
+        "metric": metric,
+        "best_trial": best.number,
+        "defaults_trial": defaults.number,
+        "best_is_defaults": best.number == defaults.number,
+        "valid": pair(best.value, defaults.value),
+        "test": pair(test_of(best), test_of(defaults)),
     }
 
 

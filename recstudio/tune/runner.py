@@ -165,7 +165,9 @@ def _finish(
         summary["parent_run_id"] = parent.run_id
         try:
             parent.record_best(study)
-            parent.record_counts(study, step=max((t.number for t in trials), default=0))
+            step = max((t.number for t in trials), default=0)
+            parent.record_counts(study, step=step)
+            parent.record_comparison(summary, step=step)
             from recstudio.tune.plots import log_study_plots
 
             summary["plots"] = log_study_plots(study, parent)

@@ -36,6 +36,7 @@ TUNE_KEYS = (
     "seed",
     "search_space",
     "heartbeat_interval",
+    "defaults_trial",
     "baseline",
 )
 """The keys a ``tune:`` section may hold."""
@@ -65,8 +66,9 @@ class TuneSettings:
     """Sampler seed (``--seed``); worker i and a resumed study derive their own from it."""
     seed_offset: int = 0
     workers: int = 1
-    baseline: bool = False
-    """A new study's first trial uses the fixed config's values of the searched keys."""
+    defaults_trial: bool = True
+    """The study's first trial is the fixed config itself (the model's defaults with ``--set``
+    values), evaluated in full and never pruned, so the best trial is never below it."""
     heartbeat_interval: int = 60
     grace_period: int | None = None
     max_retry: int = 1
@@ -86,6 +88,18 @@ class TuneSettings:
     """Trials' progress (``recstudio.progress``): auto, bar, lines or none."""
     data: Any = None
     """An in-memory PreparedData used instead of the dataset spec (tests, notebooks)."""
+
+
+def warn_baseline(name: str) -> None:
+    """``--baseline`` (``tune.baseline``) is deprecated: the defaults trial is now on by default."""
+    import warnings
+
+    message = (
+        f"{name} is deprecated and will be removed: a study's first trial is now the defaults trial "
+        "by default (opt out with --no-defaults-trial / tune.defaults_trial: false)"
+    )
+    log.warning(message)
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
 
 
 def split_tune_sections(config_files: tuple[str, ...], workdir: Path) -> tuple[list[str], dict[str, Any]]:
@@ -172,6 +186,7 @@ def build_settings(
     search_space: str | None = None,
     workers: int | None = None,
     heartbeat_interval: int | None = None,
+    defaults_trial: bool | None = None,
     baseline: bool | None = None,
 ) -> TuneSettings:
     """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section).
@@ -241,6 +256,17 @@ def build_settings(
         trials = DEFAULT_TRIALS
     if heartbeat_interval is None:
         heartbeat_interval = section.get("heartbeat_interval", 60)
+    for key in ("defaults_trial", "baseline"):
+        if section.get(key) is not None and not isinstance(section[key], bool):
+            raise ConfigError(f"tune.{key} must be true or false, got {section[key]!r}")
+    if defaults_trial is None:
+        defaults_trial = section.get("defaults_trial")
+    if baseline is None and section.get("baseline") is not None:
+        baseline = section["baseline"]
+        warn_baseline("tune.baseline")
+    if defaults_trial is None:
+        # --baseline / tune.baseline: the old opt-in; true is now the default, false opts out
+        defaults_trial = True if baseline is None else bool(baseline)
     return TuneSettings(
         model=cfg.model_name,
         dataset=cfg.dataset,
@@ -258,7 +284,7 @@ def build_settings(
         seed=int(seed) if seed is not None else None,
         workers=int(workers or section.get("workers") or 1),
         heartbeat_interval=int(heartbeat_interval),
-        baseline=bool(baseline if baseline is not None else section.get("baseline", False)),
+        defaults_trial=bool(defaults_trial),
         fixed=fixed,
         data_dir=data_dir,
     )

@@ -517,20 +517,19 @@ def describe(space: SearchSpace) -> dict[str, str]:
     return out
 
 
-def baseline_params(space: SearchSpace, base_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Optuna params of the fixed config's own values for the searched keys (``--baseline``).
+def defaults_params(space: SearchSpace, base_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna params of the fixed config's own values for the searched keys (the defaults trial).
 
     ``base_config`` is the nested resolved config (defaults plus ``--set``). A key whose value lies
-    outside its distribution (e.g. ``weight_decay`` 0 in a log range) is left out, so the sampler
-    draws it for that trial.
+    outside its distribution (possible only in a user's ``--search-space``; the built-in spaces
+    contain every default, which ``register`` checks) is left out: the defaults trial then keeps
+    the config's value for it without sampling (``Objective``).
     """
     dists = distributions(space)
     params: dict[str, Any] = {}
     for key, spec in space.items():
-        node: Any = base_config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is None:
+        node = config_value(base_config, key, _MISSING)
+        if node is _MISSING:
             continue
         value = json.dumps(node) if spec.get("encoded") else node
         try:
@@ -540,3 +539,77 @@ def baseline_params(space: SearchSpace, base_config: Mapping[str, Any]) -> dict[
         if inside:
             params[key] = value
     return params
+
+
+baseline_params = defaults_params
+"""The name before issue 12 (``--baseline``)."""
+
+
+_MISSING = object()
+
+
+def config_value(config: Mapping[str, Any], key: str, missing: Any = None) -> Any:
+    """``config["model"]["embed_dim"]`` for ``"model.embed_dim"`` (``missing`` when absent)."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return missing
+        node = node[part]
+    return node
+
+
+def contains(spec: Mapping[str, Any], value: Any) -> bool:
+    """Whether a normalized spec can produce ``value`` (no Optuna import: ``register`` uses it)."""
+    if spec["type"] == "categorical":
+        encoded = json.dumps(value, sort_keys=True)
+        return any(json.dumps(c, sort_keys=True) == encoded for c in spec["choices"])
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    if not spec["low"] <= value <= spec["high"]:
+        return False
+    step = spec.get("step")
+    if step:
+        k = (value - spec["low"]) / step
+        return abs(k - round(k)) < 1e-9
+    return True
+
+
+def model_defaults(model_cls: type) -> dict[str, Any]:
+    """The nested config a model runs with before any dataset or user layer: section defaults,
+    the model's ``default_overrides``, and its ``Config`` defaults."""
+    from recstudio.config import SECTIONS
+
+    out: dict[str, Any] = {"model": dataclasses.asdict(model_cls.Config())}
+    overrides = getattr(model_cls, "default_overrides", None) or {}
+    for section, cls in SECTIONS.items():
+        values = dataclasses.asdict(cls())
+        values.update(overrides.get(section) or {})
+        out[section] = values
+    return out
+
+
+def check_defaults_inside(model_cls: type) -> None:
+    """Raise one ``ModelError`` when the model's own search space excludes one of its defaults.
+
+    The defaults trial reproduces the untuned model only if every searched default is a value
+    the space can produce, and a space that cannot reach the defaults is a space that was never
+    checked against them (issue 12).
+    """
+    from recstudio.errors import ModelError
+
+    space = getattr(model_cls, "search_space", None) or {}
+    if not space:
+        return
+    try:
+        canonical = normalize(space, model_cls)
+    except ConfigError as exc:
+        raise ModelError(f"model '{model_cls.__name__}': invalid search space: {exc}") from None
+    defaults = model_defaults(model_cls)
+    for key, spec in canonical.items():
+        value = config_value(defaults, key)
+        if not contains(spec, value):
+            shown = describe({key: spec})[key]
+            raise ModelError(
+                f"model '{model_cls.__name__}': search space '{key}' ({shown}) excludes the default "
+                f"{value!r}; the space must contain every default it searches"
+            )

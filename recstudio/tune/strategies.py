@@ -19,15 +19,25 @@ if TYPE_CHECKING:
     from recstudio.tune.settings import TuneSettings
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
-PRUNERS = ("median", "hyperband", "successive-halving", "none")
+PRUNERS = ("calibrated", "median", "hyperband", "successive-halving", "none")
+PRUNER_HELP = (
+    "calibrated (default): no pruning before a warm-up of F x (the defaults trial's best epoch + 1) "
+    "epochs, then successive halving with reduction factor r; general, knowledge, social and "
+    "sequential models F=0.5 r=2, feature-based F=0.3 r=3. The defaults trial is never pruned. "
+    "median, hyperband, successive-halving: Optuna's; none: every trial runs to its end."
+)
 
 
-def default_pruner(sampler: str | None) -> str:
-    """Hyperband for model-based samplers, median for random search: the pairs Optuna's own
-    benchmarks found best ("Which Sampler and Pruner Should be Used?", Optuna tutorial 003).
-    With NCF on ml-100k, the median pruner's 5 full start-up trials took most of the budget;
-    Hyperband ran 50 trials in 11-22 minutes (benchmarks/README.md)."""
-    return "median" if sampler == "random" else "hyperband"
+def default_pruner(sampler: str | None = None) -> str:
+    """``calibrated`` for every sampler.
+
+    Optuna's benchmarks pair Hyperband with TPE and the median pruner with random search, but
+    on recommendation models both prune the configurations that converge slowly and end best:
+    a 20-trial BPR study ended at 0.2243 validation NDCG@10 below its defaults' 0.2292 (issue 12).
+    The calibrated pruner (``recstudio.tune.calibrated``) waits for a fraction of the defaults'
+    own convergence first (benchmarks/README.md compares them).
+    """
+    return "calibrated"
 
 
 def make_sampler(
@@ -60,9 +70,14 @@ def make_sampler(
 
 
 def make_pruner(
-    name: str, options: dict[str, Any] | None = None, max_epochs: int | None = None
+    name: str,
+    options: dict[str, Any] | None = None,
+    max_epochs: int | None = None,
+    family: str | None = None,
 ) -> optuna.pruners.BasePruner:
-    """A pruner by name. Steps are epochs: Hyperband's budget is ``train.epochs`` by default.
+    """A pruner by name. Steps are epochs: Hyperband's budget is ``train.epochs`` by default;
+    the calibrated pruner takes its warm-up fraction and reduction factor from ``family``'s
+    profile unless ``options`` set them.
 
     Pruners compare reported values in the study's direction, so a minimised metric
     (``logloss``) is pruned the right way round without options here.
@@ -71,6 +86,15 @@ def make_pruner(
 
     options = dict(options or {})
     try:
+        if name == "calibrated":
+            from recstudio.tune.calibrated import CalibratedPruner, profile_for
+
+            profile = profile_for(family)
+            options.setdefault("warmup_fraction", profile.warmup_fraction)
+            options.setdefault("reduction_factor", profile.reduction_factor)
+            options.setdefault("min_trials", profile.min_trials)
+            options.setdefault("max_epochs", max_epochs)
+            return CalibratedPruner(**options)
         if name == "median":
             options.setdefault("n_startup_trials", 5)
             options.setdefault("n_warmup_steps", 2)
@@ -86,7 +110,7 @@ def make_pruner(
             return optuna.pruners.SuccessiveHalvingPruner(**options)
         if name == "none":
             return optuna.pruners.NopPruner()
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"pruner '{name}': bad option: {exc}") from None
     raise ConfigError(f"unknown pruner '{name}'; expected one of {', '.join(PRUNERS)}")
 
@@ -100,5 +124,16 @@ def sampler_and_pruner(settings: TuneSettings, worker: int = 0) -> tuple[Any, An
     max_epochs = (settings.base_config.get("train") or {}).get("epochs")
     return (
         make_sampler(settings.sampler, settings.space, seed, settings.sampler_options),
-        make_pruner(settings.pruner, settings.pruner_options, max_epochs),
+        make_pruner(settings.pruner, settings.pruner_options, max_epochs, model_family(settings.model)),
     )
+
+
+def model_family(model: str) -> str | None:
+    """The registered model's family (None for a name the registry does not know)."""
+    from recstudio.errors import ModelError
+    from recstudio.model.registry import get_model_class
+
+    try:
+        return get_model_class(model).family
+    except ModelError:
+        return None

@@ -109,13 +109,8 @@ def create_or_load(
         )
     check_space_compatible(study, settings.space)
     attrs = study.user_attrs
-    if not existing and settings.baseline:
-        from recstudio.tune.space import baseline_params
-
-        params = baseline_params(settings.space, settings.base_config)
-        if params:
-            study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
-            log.info("trial 0 is the baseline: %s", params)
+    if settings.defaults_trial:
+        enqueue_defaults(study, settings)
     if not existing or "model" not in attrs:
         for key, value in {
             "model": settings.model,
@@ -153,6 +148,31 @@ def create_or_load(
             ", ".join(changed[:10]),
         )
     return study, existing
+
+
+def enqueue_defaults(study: optuna.Study, settings: TuneSettings) -> bool:
+    """Enqueue the defaults trial unless the study already has one; True when it did.
+
+    Called once per invocation in the process that creates the study, before any worker starts,
+    so parallel workers never enqueue it twice; only worker 0 pops it
+    (``workers.wait_for_queued_defaults``: on SQLite two workers can pop one WAITING trial).
+    A resumed study that was created without one (an older study, or ``--no-defaults-trial``
+    earlier) gets it now: the comparison needs it.
+    """
+    from recstudio.tune.calibrated import ATTR_DEFAULTS, is_defaults_trial
+    from recstudio.tune.space import defaults_params
+
+    if any(is_defaults_trial(t) for t in study.get_trials(deepcopy=False)):
+        return False
+    params = defaults_params(settings.space, settings.base_config)
+    study.enqueue_trial(params, user_attrs={ATTR_DEFAULTS: True})
+    outside = sorted(set(settings.space) - set(params))
+    if outside:
+        log.info(
+            "defaults trial: %s keep their configured values (outside the search space)", ", ".join(outside)
+        )
+    log.info("the next trial runs the defaults (evaluated in full, never pruned): %s", params)
+    return True
 
 
 def check_space_compatible(study: optuna.Study, space: SearchSpace) -> None:

@@ -29,7 +29,9 @@ class Budget:
     """Trial slots of one invocation, shared by its workers: ``claim`` before each trial.
 
     A shared counter (not N/K per worker) keeps the total exact even when one worker's trials
-    are pruned early or a worker dies; the deadline implements ``--timeout``.
+    are pruned early or a worker dies; the deadline implements ``--timeout``: no trial starts
+    after it, nor when the time left cannot hold a trial of ``expected`` seconds (the median
+    duration of the study's completed trials), which would only run past the user's budget.
     """
 
     def __init__(
@@ -41,9 +43,21 @@ class Budget:
         self.lock = lock
         self._local = 0
 
-    def claim(self) -> bool:
-        if self.deadline is not None and time.time() >= self.deadline:
-            return False
+    def claim(self, expected: float | None = None) -> bool:
+        """Take one trial slot; False when the budget is spent (count, deadline, or time left
+        shorter than ``expected`` seconds)."""
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            if left <= 0:
+                return False
+            if expected is not None and left < expected:
+                log.info(
+                    "%.0f s left of --timeout cannot hold another trial (median completed trial: %.0f s); "
+                    "stopping",
+                    left,
+                    expected,
+                )
+                return False
         if self.limit is None:
             return True
         if self.counter is None:
@@ -82,15 +96,57 @@ def optimize(
     )
     callbacks = [TrialRecorder(parent)]
     sampler = study.sampler
+    if worker > 0:
+        wait_for_queued_defaults(study)
     while True:
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
             log.info("grid sampler: every grid point has been tried")
             break
-        if not budget.claim():
+        expected = expected_trial_seconds(study) if budget.deadline is not None else None
+        if not budget.claim(expected):
             break
         # no gc_after_trial: a full collection of a heap holding torch, MLflow and SQLAlchemy
         # costs seconds per trial; the trial's tensors are freed by reference counting
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+
+
+def wait_for_queued_defaults(study: optuna.Study, timeout: float = 120.0, poll: float = 0.2) -> None:
+    """Block until no defaults trial is waiting in the queue (worker 0 has taken it).
+
+    On SQLite, two workers that ask at the same moment can both pop the same WAITING trial
+    (there is no row lock), and the defaults trial then runs twice and the second ``tell``
+    fails. Workers other than 0 therefore start only once worker 0 has popped it; after
+    ``timeout`` seconds (worker 0 died, say) they go on and one of them runs it.
+    """
+    from optuna.trial import TrialState
+
+    from recstudio.tune.calibrated import is_defaults_trial
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not any(is_defaults_trial(t) for t in waiting):
+            return
+        time.sleep(poll)
+    log.warning("the defaults trial is still queued after %.0f s; this worker starts anyway", timeout)
+
+
+def expected_trial_seconds(study: optuna.Study) -> float | None:
+    """The median duration of the study's completed trials (None before the first one).
+
+    Completed, not pruned, trials: a new trial may run to the end, and the defaults trial (the
+    first one) is such a trial, so the estimate exists as soon as it has finished.
+    """
+    import statistics
+
+    from optuna.trial import TrialState
+
+    durations = [
+        t.duration.total_seconds()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.duration is not None
+    ]
+    return statistics.median(durations) if durations else None
 
 
 def _worker_main(

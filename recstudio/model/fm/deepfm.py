@@ -85,6 +85,8 @@ class DeepFM(FieldRecommender):
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "embed_dim": {"type": "categorical", "choices": [8, 10, 16, 32]},
         "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "mlp_hidden_sizes": {"type": "categorical", "choices": [[64, 64], [128, 128, 128], [256, 128]]},
+        "init_std": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
         **CTR_SEARCH_SPACE,
     }
 

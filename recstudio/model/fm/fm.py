@@ -133,10 +133,12 @@ class FM(ItemTowerRecommender):
                 )
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "embed_dim": {"type": "categorical", "choices": [16, 32, 64]},
+        "embed_dim": {"type": "categorical", "choices": [16, 32, 64, 128]},
+        "init_std": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "reg_weight": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4, 1e-3]},
         "num_negatives": {"type": "int", "low": 1, "high": 8, "step": 1},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        # categorical so that the default 0 is a candidate (and --baseline can reproduce it)
+        # categorical so that the default 0 is a candidate (the defaults trial reproduces it)
         "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-7, 1e-6, 1e-5, 1e-4]},
     }
 

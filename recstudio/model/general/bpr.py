@@ -45,9 +45,13 @@ class BPR(TwoTowerRecommender):
         over the dimension and averaged over the batch; the BPR-Opt regulariser of the paper."""
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
-        "reg_weight": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        # every default inside (register checks it); log scales for the rate-like knobs
+        "embed_dim": {"type": "categorical", "choices": [32, 64, 128, 256]},
+        "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+        # the initial scale decides how fast BPR leaves the flat start (issue 12)
+        "init_std": {"type": "float", "low": 1e-3, "high": 3e-1, "log": True},
+        "num_negatives": {"type": "int", "low": 1, "high": 4},
     }
     # init_std, reg_weight and this rate come from a small ml-100k sweep: benchmarks/README.md
     default_overrides: ClassVar[dict[str, Any]] = {

@@ -87,6 +87,7 @@ class LightGCN(TwoTowerRecommender):
         "num_layers": {"type": "int", "low": 1, "high": 4},
         "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "init_std": {"type": "float", "low": 1e-3, "high": 3e-1, "log": True},
     }
     # lr 1e-3 and batch 2048 (the section defaults) as RecBole; the propagated embeddings keep
     # improving slowly for ~270 epochs on ml-100k, with flat stretches of up to 29 epochs

@@ -102,7 +102,7 @@ class WRMF(TowerFreeRecommender):
         """Standard deviation of the normal initialisation of the factors."""
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+        "embed_dim": {"type": "categorical", "choices": [32, 64, 128, 256]},
         "alpha": {"type": "float", "low": 0.5, "high": 100.0, "log": True},
         "reg_weight": {"type": "float", "low": 1e-3, "high": 1e3, "log": True},
     }

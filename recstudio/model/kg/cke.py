@@ -111,7 +111,9 @@ class CKE(TwoTowerRecommender):
                 raise ConfigError(f"config key 'model.init_std' must be > 0, got {self.init_std}")
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
         "kg_embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+        "init_std": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
         "reg_weights": {"type": "categorical", "choices": [[1e-3, 1e-3], [1e-2, 1e-2], [1e-1, 1e-1]]},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     }

@@ -108,6 +108,7 @@ class GRU4Rec(ItemTowerRecommender):
         "hidden_size": {"type": "categorical", "choices": [64, 128, 256]},
         "num_layers": {"type": "int", "low": 1, "high": 3},
         "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "temperature": {"type": "categorical", "choices": [None, 0.05, 0.1, 0.2, 0.5]},
     }
 
     @classmethod

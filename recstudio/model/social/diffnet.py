@@ -151,6 +151,7 @@ class DiffNet(TwoTowerRecommender):
         "activation": {"type": "categorical", "choices": ["tanh", "sigmoid", "relu", "identity"]},
         "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "init_std": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
     }
     # BPR's training settings; chosen on lastfm-2k validation (1e-3 / patience 10 stopped early)
     default_overrides: ClassVar[dict[str, Any]] = {
