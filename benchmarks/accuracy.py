@@ -5,8 +5,9 @@ General, autoencoder and feature models: per-user random split 0.8/0.1/0.1 (spli
 Sequential models (their default): chronological leave-one-out. Pointwise (CTR) models: the
 labelled rows (the spec's label rule), judged by AUC / GAUC / log loss. Social models run on
 lastfm-2k (its friendship graph) instead of ml-100k. Full ranking over all items with
-train (valid) / train+valid (test) history masked; early stopping on validation NDCG@10
-(patience 10); test metrics at the best validation epoch. Single seed, CPU.
+train (valid) / train+valid (test) history masked; early stopping on the model's monitor
+(validation NDCG@10, AUC for pointwise models) with each model's default patience; test metrics
+at the best validation epoch. Single seed, CPU.
 
     RECSTUDIO_DATA_DIR=../shared/datasets python benchmarks/accuracy.py [--models BPR,NCF] [--json out.json]
 """

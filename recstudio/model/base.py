@@ -404,8 +404,10 @@ class PairwiseRecommender(TowerFreeRecommender):
 
     Implement ``candidate_scores(batch, items [B, C]) -> [B, C]`` (each query against its own
     candidates) and set ``pair_width`` (activations per pair, for chunk sizing). Full ranking
-    (``score_batch``) runs ``chunk_scores`` over item chunks via ``score_item_chunks``; a model
-    may override ``chunk_scores`` to share work across a chunk. Training is generic: with the
+    (``score_batch``) runs the block's ``chunk_scorer`` over item chunks via
+    ``score_item_chunks``; a model may override ``chunk_scores`` to share work across a chunk, or
+    ``chunk_scorer`` to do per-query work (a user tower, the user half of a first layer) once per
+    block instead of once per chunk. Training is generic: with the
     ``triplet`` input, the configured loss over the positive and sampled negatives
     (``RankingParts`` config); with the ``pointwise`` input, log loss on the labels.
     """
@@ -430,10 +432,15 @@ class PairwiseRecommender(TowerFreeRecommender):
         n = batch["user"].shape[0]
         return self.candidate_scores(batch, items[None, :].expand(n, -1))
 
+    def chunk_scorer(self, batch: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The block's function of an item chunk [c] -> scores [B, c] (``chunk_scores`` bound to
+        ``batch``); full ranking calls it once per block and the result once per chunk."""
+        return lambda items: self.chunk_scores(batch, items)
+
     def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users = batch["user"]
         return score_item_chunks(
-            lambda items: self.chunk_scores(batch, items),
+            self.chunk_scorer(batch),
             users.shape[0],
             self.num_items,
             self.pair_width,

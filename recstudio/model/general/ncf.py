@@ -11,13 +11,14 @@ He, Liao, Zhang, Nie, Hu, Chua. "Neural Collaborative Filtering." WWW 2017. The 
 Trained pointwise (binary cross-entropy on the logit) with ``num_negatives`` uniform negatives per
 positive, the paper's log loss (the loss, sampler and their options are ``RankingParts`` config).
 Because the score is not a dot product, full ranking evaluates the network on every (user, item)
-pair, through the base class's memory-bounded item chunks; ``chunk_scores`` shares work across a
-chunk: NeuMF's output layer is linear over [GMF; MLP], so the GMF half is one matmul, and the first
-MLP layer is split into a user half and an item half computed once per side.
+pair, through the base class's memory-bounded item chunks; ``chunk_scorer`` shares work across a
+block: NeuMF's output layer is linear over [GMF; MLP], so the GMF half is one matmul per block, and
+the first MLP layer is split into a user half (once per block) and an item half (once per chunk).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -157,21 +158,27 @@ class NCF(PairwiseRecommender):
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return self.predict(hidden).squeeze(-1)
 
-    def chunk_scores(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        """Logits [B, c] of every user of ``batch`` against the item chunk ``items`` [c].
+    def chunk_scorer(self, batch: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Logits [B, c] of every user of ``batch`` against an item chunk ``items`` [c].
 
         NeuMF's output layer is linear over [gmf; mlp], so its GMF half is a weighted inner
-        product (one matmul) and only the MLP tower runs per (user, item) pair.
+        product: one matmul over all items per block. The user half of the first MLP layer is
+        computed once per block too; only the MLP tower runs per (user, item) pair, per chunk.
         """
         users = batch["user"]
         weight, bias = self.predict.weight.squeeze(0), self.predict.bias
-        out = torch.zeros(users.shape[0], items.shape[0], device=users.device) + bias
-        if self.use_gmf:
-            d = self.config.embed_dim
-            out += (self.gmf_user(users) * weight[:d]) @ self.gmf_item(items).T
-        if self.use_mlp:
-            w_mlp = weight[self.config.embed_dim :] if self.use_gmf else weight
-            mu = self.mlp_first_user(self.mlp_user(users))
-            mi = self.mlp_first_item(self.mlp_item(items))
-            out += self.mlp(mu[:, None, :] + mi[None, :, :]) @ w_mlp
-        return out
+        d = self.config.embed_dim
+        if self.use_gmf:  # bias + h_gmf^T (p * q) = bias + (p * h_gmf) . q, all items at once
+            base = torch.addmm(bias, self.gmf_user(users) * weight[:d], self.gmf_item.weight.T)
+        else:
+            base = bias.expand(users.shape[0], self.num_items)
+        if not self.use_mlp:
+            return lambda items: base[:, items]
+        w_mlp = weight[d:] if self.use_gmf else weight
+        user_first = self.mlp_first_user(self.mlp_user(users))[:, None, :]
+
+        def scores(items: torch.Tensor) -> torch.Tensor:
+            item_first = self.mlp_first_item(self.mlp_item(items))[None, :, :]
+            return base[:, items] + self.mlp(user_first + item_first) @ w_mlp
+
+        return scores

@@ -191,8 +191,11 @@ class WRMF(TowerFreeRecommender):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         side, ids = int(batch["side"]), batch["ids"]
         self.solve_block(side, ids)
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
+        try:
+            world_size = self.trainer.world_size
+        except RuntimeError:  # stepped outside a Trainer (tests, direct fits)
+            world_size = 1
+        if world_size > 1:
             # under DDP each rank solved its own block (the als view gives every rank blocks of
             # equal size): share the solved rows so all replicas keep identical factors.
             target = self.user_factors if side == 0 else self.item_factors
