@@ -188,7 +188,11 @@ def summary_lines(metrics: dict[str, float]) -> list[str]:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    click.echo(f"model {result['model']} on {result['dataset']}: best epoch {result['best_epoch']}")
+    best = result["best_epoch"]
+    where = "no best epoch"
+    if best is not None:  # 1-based like the progress lines; MLflow steps and --json count from 0
+        where = f"best epoch {best + 1} of {result['epochs']} (step {best} in MLflow and --json)"
+    click.echo(f"model {result['model']} on {result['dataset']}: {where}")
     for split in ("valid", "test"):
         metrics = result.get(split) or {}
         lines = summary_lines(metrics) or ["(not evaluated)"]

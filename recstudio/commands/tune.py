@@ -342,7 +342,7 @@ def best_command(study_name: str, storage: str | None, export: str | None, as_js
     for key, value in sorted((info.get("params") or {}).items()):
         click.echo(f"  {key} = {_format_value(value)}")
     if info.get("best_epoch") is not None:
-        click.echo(f"  best epoch {info['best_epoch']}")
+        click.echo(f"  best epoch {info['best_epoch'] + 1} (step {info['best_epoch']} in MLflow)")
     test = info.get("test") or {}
     if metric in test:
         click.echo(f"  test {metric} = {test[metric]:.4f} (reported, not used to choose)")
