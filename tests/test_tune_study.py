@@ -181,6 +181,14 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
     assert parent.data.metrics["best_epoch"] == best_result["best_epoch"]
     link = f"(#/experiments/{parent.info.experiment_id}/runs/{best.user_attrs['mlflow_run_id']})"
     assert f"[trial {best.number}]{link}" in parent.data.tags["mlflow.note.content"]
+    # the study's row shows the data its trials share (same name and digest as the trials')
+    (parent_input,) = parent.inputs.dataset_inputs
+    (trial_input,) = client.get_run(best.user_attrs["mlflow_run_id"]).inputs.dataset_inputs
+    assert (parent_input.dataset.name, parent_input.dataset.digest) == (
+        trial_input.dataset.name,
+        trial_input.dataset.digest,
+    )
+    assert [(t.key, t.value) for t in parent_input.tags] == [("mlflow.data.context", "tuning")]
     plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
     assert "plots/optimization_history.html" in plots
 

@@ -248,21 +248,8 @@ class Tracker:
         schema: dict[str, Any] | None = None,
         context: str = "training",
     ) -> None:
-        """Record the run's data as an MLflow dataset input (the runs table's Dataset column):
-        runs on the same prepared data share ``name`` and ``digest``; a changed raw file or
-        preprocessing option changes the digest."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        dataset = Dataset(
-            name=name,
-            digest=digest,
-            source_type="local",
-            source=json.dumps(source, default=str),
-            schema=json.dumps(schema) if schema else None,
-            profile=json.dumps(profile, default=str),
-        )
-        tags = [InputTag(key="mlflow.data.context", value=context)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
+        """Record the run's data as an MLflow dataset input (``log_dataset_to_run``)."""
+        log_dataset_to_run(self.client, self.run_id, name, digest, source, profile, schema, context)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -319,3 +306,30 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def log_dataset_to_run(
+    client: Any,
+    run_id: str,
+    name: str,
+    digest: str,
+    source: dict[str, Any],
+    profile: dict[str, Any],
+    schema: dict[str, Any] | None = None,
+    context: str = "training",
+) -> None:
+    """Record data as an MLflow dataset input of run ``run_id`` (the runs table's Dataset
+    column): runs on the same prepared data share ``name`` and ``digest``; a changed raw file or
+    preprocessing option changes the digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps(source, default=str),
+        schema=json.dumps(schema) if schema else None,
+        profile=json.dumps(profile, default=str),
+    )
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])

@@ -41,6 +41,13 @@ class ParentRun:
         self.experiment = experiment
         self.run_id = run_id
 
+    def log_dataset(self, **kwargs: Any) -> None:
+        """The study's data as the parent run's dataset input (context ``tuning``), so the
+        study's row in the runs table shows the data its trials share."""
+        from recstudio.track.tracker import log_dataset_to_run
+
+        log_dataset_to_run(self.client, self.run_id, **{**kwargs, "context": "tuning"})
+
     @classmethod
     def open(cls, study: optuna.Study, settings: TuneSettings) -> ParentRun:
         from recstudio.track.tracker import Tracker

@@ -36,7 +36,7 @@ from recstudio.tune.workers import Budget, optimize, quiet_optuna, run_workers
 log = logging.getLogger("recstudio.tune")
 
 
-def prepare_data_once(settings: TuneSettings) -> None:
+def prepare_data_once(settings: TuneSettings) -> Any:
     """Build (or find) the parquet cache entry of the fixed data config before any trial.
 
     Trials then only read the cache; workers never race to preprocess. A study also needs a
@@ -55,6 +55,7 @@ def prepare_data_once(settings: TuneSettings) -> None:
             f"dataset '{settings.dataset}' has no validation split under this config; tuning needs one "
             "(e.g. data.split_ratio with three parts, or data.split: loo)"
         )
+    return data
 
 
 def run_study(settings: TuneSettings) -> dict[str, Any]:
@@ -100,13 +101,16 @@ def run_study(settings: TuneSettings) -> dict[str, Any]:
     )
     # 2. data, once
     t0 = time.perf_counter()
-    prepare_data_once(settings)
+    data = prepare_data_once(settings)
     prepare_seconds = time.perf_counter() - t0
     # 3. parent run
     parent = ParentRun.open(study, settings) if settings.tracking else None
     parent_run_id = parent.run_id if parent else None
     if parent is not None:
         log.info("MLflow parent run %s (experiment '%s')", parent_run_id, settings.experiment)
+        from recstudio.pipeline import log_dataset_input
+
+        log_dataset_input(parent, data)
 
     # 4. trials
     deadline = time.time() + settings.timeout if settings.timeout else None
