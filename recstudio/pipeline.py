@@ -634,14 +634,17 @@ def train_and_test(
 
 
 def final_metrics(result: TrainResult, monitor: str) -> dict[str, float]:
-    """The single-value MLflow metrics of a finished run: every test metric (``test/<m>``), the
-    validation monitor at the best epoch (``best_valid/<monitor>``, a study's objective) and
-    ``best_epoch``. The other validation metrics at the best epoch are points of the
-    ``valid/<m>`` curves (step = best_epoch) and sit in ``metrics.json``; logging each again
-    as its own key made 19 single-point charts ahead of the curves."""
-    metrics = {f"test/{k}": v for k, v in result.test.items()}
+    """The single-value MLflow metrics of a finished run: every test metric (``test_<m>``), the
+    validation monitor at the best epoch (``best_valid_<monitor>``, a study's objective) and
+    ``best_epoch``. They carry no ``/``: MLflow groups a run's charts into sections by the
+    prefix before the last ``/`` and sorts named sections before the unnamed "Model metrics"
+    one, so ``valid/*`` curves come first and these single points after them. The other
+    validation metrics at the best epoch are points of the ``valid/<m>`` curves (step =
+    best_epoch) and sit in ``metrics.json``; logging each again as its own key made 19
+    single-point charts ahead of the curves."""
+    metrics = {f"test_{k}": v for k, v in result.test.items()}
     if monitor in result.valid:
-        metrics[f"best_valid/{monitor}"] = result.valid[monitor]
+        metrics[f"best_valid_{monitor}"] = result.valid[monitor]
     metrics["best_epoch"] = float(result.best_epoch)
     return metrics
 

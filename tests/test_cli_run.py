@@ -83,16 +83,16 @@ def test_run_json_and_mlflow_record(workdir: Path):
     assert run.data.params["train.epochs"] == "4"
     assert run.data.tags["model"] == "BPR"
     assert run.data.tags["cache_key"] == result["cache_key"]
-    assert abs(run.data.metrics["test/ndcg_at_10"] - result["test"]["ndcg@10"]) < 1e-9
+    assert abs(run.data.metrics["test_ndcg_at_10"] - result["test"]["ndcg@10"]) < 1e-9
     history = client.get_metric_history(result["run_id"], "valid/ndcg_at_10")
     assert [m.step for m in history] == list(range(result["epochs"]))
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == result["epochs"]
     # per-epoch curves, every test metric, and one best-epoch value: the monitor (issue 13)
-    assert {k for k in run.data.metrics if not k.startswith(("valid/", "test/"))} == {
+    assert {k for k in run.data.metrics if not k.startswith(("valid/", "test_"))} == {
         "train_loss",
         "epoch_seconds",
         "best_epoch",
-        "best_valid/ndcg_at_10",
+        "best_valid_ndcg_at_10",
     }
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts

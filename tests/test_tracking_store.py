@@ -125,3 +125,20 @@ def test_ui_links_open_recstudio_experiments_on_the_runs_table(tmp_path: Path) -
     links = dict(experiment_links(uri, "http://127.0.0.1:5000"))
     exp_id = mlflow_client(uri).get_experiment_by_name("mine").experiment_id
     assert links == {"mine": f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"}
+
+
+def test_ui_links_include_each_study_view(tmp_path: Path) -> None:
+    from recstudio.commands.ui import experiment_links
+    from recstudio.track.tracker import Tracker
+    from recstudio.track.views import save_view, study_view
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, experiment="mine")
+    tracker.end()
+    state = study_view("s1", "best_valid_ndcg_at_10", True, ["model.embed_dim"])
+    save_view(mlflow_client(uri), tracker.experiment_id, "study-s1", state)
+    links = experiment_links(uri, "http://h:5000")
+    base = f"http://h:5000/#/experiments/{tracker.experiment_id}"
+    assert [label for label, _ in links] == ["mine", "  study-s1", "  study-s1 charts"]
+    assert links[1][1] == f"{base}/runs?viewStateShareKey=study-s1&workflowType=machine_learning"
+    assert links[2][1] == links[1][1] + "&compareRunsMode=CHART"

@@ -4,6 +4,7 @@ studies resume under the same parent run, killed trials are retried, trial slots
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -134,11 +135,11 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
         assert run.info.status == "FINISHED"
         assert run.data.tags["optuna.state"] == "COMPLETE"
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert "test/ndcg_at_10" in run.data.metrics  # test metrics logged, never the objective
+        assert "test_ndcg_at_10" in run.data.metrics  # test metrics logged, never the objective
         # few, well-named metrics: curves, test values, the objective at the best epoch (issue 13)
-        assert run.data.metrics["best_valid/ndcg_at_10"] == pytest.approx(trial.value)
+        assert run.data.metrics["best_valid_ndcg_at_10"] == pytest.approx(trial.value)
         assert not [
-            k for k in run.data.metrics if k.startswith("best_valid/") and k != "best_valid/ndcg_at_10"
+            k for k in run.data.metrics if k.startswith("best_valid") and k != "best_valid_ndcg_at_10"
         ]
         assert not {"train_seconds", "valid_seconds"} & set(run.data.metrics)
         assert run.data.params["model.embed_dim"] == "16"
@@ -176,8 +177,8 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     # the parent row carries the best trial's values in the trials' own columns, and a link
     best_result = best.user_attrs["result"]
-    assert parent.data.metrics["test/ndcg_at_10"] == pytest.approx(best_result["test"]["ndcg@10"])
-    assert parent.data.metrics["best_valid/ndcg_at_10"] == pytest.approx(best.value)
+    assert parent.data.metrics["test_ndcg_at_10"] == pytest.approx(best_result["test"]["ndcg@10"])
+    assert parent.data.metrics["best_valid_ndcg_at_10"] == pytest.approx(best.value)
     assert parent.data.metrics["best_epoch"] == best_result["best_epoch"]
     link = f"(#/experiments/{parent.info.experiment_id}/runs/{best.user_attrs['mlflow_run_id']})"
     assert f"[trial {best.number}]{link}" in parent.data.tags["mlflow.note.content"]
@@ -191,6 +192,16 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
     assert [(t.key, t.value) for t in parent_input.tags] == [("mlflow.data.context", "tuning")]
     plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
     assert "plots/optimization_history.html" in plots
+    # the study's saved UI view: its trials only, sorted by the objective, with the key columns
+    experiment = client.get_experiment(parent.info.experiment_id)
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.study-{settings.study_name}"])
+    shown = client.search_runs([experiment.experiment_id], view["searchFilter"], max_results=100)
+    assert sorted(r.info.run_id for r in shown) == sorted(r.info.run_id for r in runs.values())
+    assert view["orderByKey"] == "metrics.`best_valid_ndcg_at_10`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:2] == ["metrics.`best_valid_ndcg_at_10`", "metrics.`test_ndcg_at_10`"]
+    assert "params.`model.embed_dim`" in view["selectedColumns"]
+    (chart,) = view["compareRunCharts"]
+    assert chart["type"] == "PARALLEL" and chart["selectedParams"] == ["model.embed_dim"]
 
 
 def test_interrupted_study_resumes_under_the_same_parent(

@@ -236,7 +236,7 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
         return
     click.echo(
         f"  best trial {best['number']}: {metric} = {best['value']:.4f} "
-        f"(validation, epoch {best['best_epoch']})"
+        f"(validation, best epoch {_epoch_1based(best.get('best_epoch'))})"
     )
     for key, value in sorted((best.get("params") or {}).items()):
         click.echo(f"    {key} = {_format_value(value)}")
@@ -245,6 +245,15 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
     for line in comparison_lines(summary, metric):
         click.echo(line)
     click.echo(f"  export it: recstudio best {summary['study']} --export best.yaml")
+    view = summary.get("mlflow_view")
+    if view:
+        where = view["url"] or f"`recstudio ui` prints its link (view {view['key']})"
+        click.echo(f"  compare the trials in MLflow: {where}")
+
+
+def _epoch_1based(epoch: Any) -> str:
+    """Epochs are counted from 1 on screen (as the progress lines do), from 0 in MLflow steps."""
+    return str(int(epoch) + 1) if isinstance(epoch, int | float) else "-"
 
 
 def comparison_lines(summary: dict[str, Any], metric: str) -> list[str]:

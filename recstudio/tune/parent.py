@@ -40,6 +40,9 @@ class ParentRun:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_id = run_id
+        self.view: dict[str, str | None] | None = None
+        """The saved UI view (``save_view``): share key, experiment id, and its URL when the
+        tracking URI is a server (a local store's UI comes from ``recstudio ui``)."""
 
     def log_dataset(self, **kwargs: Any) -> None:
         """The study's data as the parent run's dataset input (context ``tuning``), so the
@@ -131,6 +134,37 @@ class ParentRun:
             self.client.delete_run(self.run_id)
         return oldest
 
+    def save_view(self, settings: TuneSettings) -> dict[str, str | None] | None:
+        """Store the study's MLflow UI view on its experiment (``recstudio.track.views``): its
+        trials sorted by the objective, with the objective, key test metrics and the searched
+        parameters as columns and a parallel-coordinates chart (also kept as ``self.view``)."""
+        from recstudio.eval.metrics import higher_is_better
+        from recstudio.track.tracker import _metric_key
+        from recstudio.track.views import save_view, study_view, view_key, view_link
+
+        try:
+            experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            tests = [_metric_key(f"test_{m}") for m in key_test_metrics(settings)]
+            state = study_view(
+                settings.study_name,
+                objective=_metric_key(f"best_valid_{settings.metric}"),
+                higher_is_better=higher_is_better(settings.metric),
+                params=list(settings.space),
+                test_metrics=tests,
+            )
+            key = view_key(settings.study_name)
+            save_view(self.client, experiment_id, key, state)
+            server = self.tracking_uri.startswith(("http://", "https://"))
+            self.view = {
+                "key": key,
+                "experiment_id": experiment_id,
+                "url": view_link(self.tracking_uri, experiment_id, key) if server else None,
+            }
+            return self.view
+        except Exception:  # a convenience: the runs are all there without it
+            log.exception("could not save the study's MLflow UI view")
+            return None
+
     @staticmethod
     def study_tags(settings: TuneSettings) -> dict[str, str]:
         return {
@@ -212,6 +246,22 @@ class ParentRun:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def key_test_metrics(settings: TuneSettings) -> list[str]:
+    """The test metrics a study's view shows: the objective's, then up to two of
+    ``KEY_TEST_METRICS`` that the trials compute (by the base config's ``eval`` section)."""
+    from recstudio.track.views import KEY_TEST_METRICS
+
+    eval_cfg = settings.base_config.get("eval") or {}
+    names = set(eval_cfg.get("metrics") or [])
+    cutoffs = {int(c) for c in eval_cfg.get("cutoffs") or []}
+    out = [settings.metric]
+    for key in KEY_TEST_METRICS:
+        name, _, cutoff = key.partition("@")
+        if key not in out and name in names and (not cutoff or int(cutoff) in cutoffs):
+            out.append(key)
+    return out[:3]
+
+
 def best_note(best: optuna.trial.FrozenTrial, run_id: str, experiment_id: str) -> str:
     """The parent run's description (MLflow's note, shown on its page): a link to the best
     trial's run, its objective and parameters."""
@@ -224,15 +274,15 @@ def best_note(best: optuna.trial.FrozenTrial, run_id: str, experiment_id: str) -
 
 
 def best_trial_metrics(best: optuna.trial.FrozenTrial, metric: str | None) -> dict[str, float]:
-    """The best trial's single values under the names its own run uses (``test/<m>``,
-    ``best_valid/<monitor>``, ``best_epoch``), so the parent's row in the runs table shows them
+    """The best trial's single values under the names its own run uses (``test_<m>``,
+    ``best_valid_<monitor>``, ``best_epoch``), so the parent's row in the runs table shows them
     in the same columns as the trials (step = the trial number)."""
     from recstudio.track.tracker import _metric_key
 
     result = best.user_attrs.get("result") or {}
-    metrics = {_metric_key(f"test/{k}"): v for k, v in (result.get("test") or {}).items()}
+    metrics = {_metric_key(f"test_{k}"): v for k, v in (result.get("test") or {}).items()}
     if best.value is not None:
-        key = f"best_valid/{metric}" if metric else "best_valid/objective"
+        key = f"best_valid_{metric}" if metric else "best_valid_objective"
         metrics[_metric_key(key)] = best.value
     if result.get("best_epoch") is not None:
         metrics["best_epoch"] = float(result["best_epoch"])

@@ -108,6 +108,7 @@ def run_study(settings: TuneSettings) -> dict[str, Any]:
     parent_run_id = parent.run_id if parent else None
     if parent is not None:
         log.info("MLflow parent run %s (experiment '%s')", parent_run_id, settings.experiment)
+        parent.save_view(settings)
         from recstudio.pipeline import log_dataset_input
 
         log_dataset_input(parent, data)
@@ -167,6 +168,8 @@ def _finish(
     }
     if parent is not None:
         summary["parent_run_id"] = parent.run_id
+        if parent.view is not None:
+            summary["mlflow_view"] = parent.view
         try:
             parent.record_best(study)
             step = max((t.number for t in trials), default=0)
