@@ -58,6 +58,7 @@ def chromium_args(binary: str, user_data_dir: str, budget_ms: int, window: str) 
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
+        "--run-all-compositor-stages-before-draw",  # iframes (HTML artifacts) drawn before the shot
         f"--user-data-dir={user_data_dir}",
         f"--virtual-time-budget={budget_ms}",
         f"--window-size={window}",

@@ -1,4 +1,5 @@
-"""Study plots render without network: plotly.js is inside each HTML file (issue 13)."""
+"""Study plots render without network: plotly.js is inside each HTML file, and a PNG of the
+same plot lies beside it (issue 13)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ def test_study_plots_embed_plotly_and_load_nothing_from_the_network(tmp_path: Pa
         assert sources == [], (path.name, sources)  # no CDN, no file beside it
         assert "plotly.js v" in text or "Plotly" in text[:2_000_000]
         assert path.stat().st_size > 1_000_000  # the library itself is inside
+        # and a static image beside it, which MLflow's artifact viewer shows without scripts
+        png = path.with_suffix(".png")
+        assert png in files and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name

@@ -5,8 +5,11 @@ because a missing plot must never fail a finished study. Each plot is skipped on
 the study cannot support it yet (importances need two completed trials with varying params).
 Each HTML file embeds plotly.js (``include_plotlyjs=True``, ~4.7 MB a file): a GPU workstation
 behind a firewall has no CDN, and the MLflow UI shows an HTML artifact in a frame where a script
-beside the file would not load either, so only the inlined library renders everywhere. Where
-``kaleido`` is installed a static ``<name>.png`` is written beside each HTML file too.
+beside the file would not load either, so only the inlined library renders everywhere. A static
+``<name>.png`` is written beside each HTML file with Optuna's matplotlib version of the same
+plot (matplotlib comes with MLflow; no browser needed, unlike plotly's ``kaleido``): MLflow's
+artifact viewer shows it as an image at once, where the 4.7 MB HTML file has to be parsed in a
+frame first (blank in the headless Chromium check, which gives up before the script has run).
 """
 
 from __future__ import annotations
@@ -23,24 +26,29 @@ from optuna.trial import TrialState
 log = logging.getLogger("recstudio.tune")
 
 
-def _figures() -> dict[str, tuple[Callable[[optuna.Study], Any], int]]:
-    """name -> (figure function, completed trials it needs)."""
+PLOTS = {
+    "optimization_history": 1,
+    "intermediate_values": 1,
+    "parallel_coordinate": 1,
+    "slice": 1,
+    "param_importances": 2,
+}
+"""Plot name (``optuna.visualization.plot_<name>``) -> completed trials it needs."""
+
+
+def _figure_function(name: str, flavour: str = "plotly") -> Callable[[optuna.Study], Any]:
+    """``plot_<name>`` from ``optuna.visualization`` (plotly) or its ``.matplotlib`` twin."""
     from optuna import visualization as vis
 
-    return {
-        "optimization_history": (vis.plot_optimization_history, 1),
-        "intermediate_values": (vis.plot_intermediate_values, 1),
-        "parallel_coordinate": (vis.plot_parallel_coordinate, 1),
-        "slice": (vis.plot_slice, 1),
-        "param_importances": (vis.plot_param_importances, 2),
-    }
+    module = vis.matplotlib if flavour == "matplotlib" else vis
+    return getattr(module, f"plot_{name}")
 
 
 def write_study_plots(
     study: optuna.Study, out_dir: str | Path, include_plotlyjs: str | bool = True
 ) -> list[Path]:
-    """Write every plot the study supports to ``out_dir/<name>.html`` (and ``<name>.png`` where
-    kaleido can render it); returns the written files."""
+    """Write every plot the study supports to ``out_dir/<name>.html`` and ``<name>.png``;
+    returns the written files."""
     try:
         import plotly  # noqa: F401
     except ImportError:
@@ -50,37 +58,54 @@ def write_study_plots(
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     written: list[Path] = []
-    for name, (make, needed) in _figures().items():
+    for name, needed in PLOTS.items():
         if len(complete) < needed:
             log.info(
                 "plot %s skipped: needs %d completed trials, the study has %d", name, needed, len(complete)
             )
             continue
         try:
-            figure = make(study)
+            figure = _figure_function(name)(study)
             path = out_dir / f"{name}.html"
             figure.write_html(str(path), include_plotlyjs=include_plotlyjs)
             written.append(path)
-            png = _static_image(figure, out_dir / f"{name}.png")
-            if png is not None:
-                written.append(png)
         except Exception as exc:  # e.g. importances when every trial has the same params
             log.info("plot %s skipped: %s", name, exc)
+            continue
+        png = _static_image(study, name, out_dir / f"{name}.png")
+        if png is not None:
+            written.append(png)
     return written
 
 
-def _static_image(figure: Any, path: Path) -> Path | None:
-    """``path`` as a PNG when kaleido is installed (and can start its browser), else None."""
-    import importlib.util
+def _static_image(study: optuna.Study, name: str, path: Path) -> Path | None:
+    """The matplotlib version of plot ``name`` as ``path`` (PNG); None if it cannot be drawn."""
+    import warnings
 
-    if importlib.util.find_spec("kaleido") is None:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("static plot %s skipped: matplotlib is not installed", path.name)
         return None
     try:
-        figure.write_image(str(path), format="png", width=1100, height=600)
-    except Exception as exc:  # noqa: BLE001 - kaleido without a usable browser: HTML only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            axes = _figure_function(name, "matplotlib")(study)
+        figure = _first_axes(axes).figure
+        figure.set_size_inches(11, 6)
+        figure.savefig(str(path), format="png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+    except Exception as exc:  # noqa: BLE001 - the HTML plot is there; the image is a convenience
         log.info("static plot %s skipped: %s", path.name, exc)
         return None
     return path
+
+
+def _first_axes(axes: Any) -> Any:
+    """One Axes of what an Optuna matplotlib plot returns (an Axes or an array of them)."""
+    import numpy as np
+
+    return axes if hasattr(axes, "figure") else np.asarray(axes, dtype=object).flat[0]
 
 
 def log_study_plots(study: optuna.Study, parent: Any) -> list[str]:
