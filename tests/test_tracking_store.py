@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,14 @@ def test_ui_links_open_recstudio_experiments_on_the_runs_table(tmp_path: Path) -
     mlflow_client(uri).create_experiment("genai-app", tags={"mlflow.experimentKind": "genai_development"})
     links = dict(experiment_links(uri, "http://127.0.0.1:5000"))
     exp_id = mlflow_client(uri).get_experiment_by_name("mine").experiment_id
-    assert links == {"mine": f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"}
+    assert links["mine"] == f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"
+    # every experiment has the general view: newest runs first with the key columns
+    assert links["  runs"] == (
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey=runs&workflowType=machine_learning"
+    )
+    assert not [label for label in links if "genai" in label]
+    view = json.loads(mlflow_client(uri).get_experiment(exp_id).tags["mlflow.sharedViewState.runs"])
+    assert view["selectedColumns"][:3] == ["tags.`model`", "tags.`dataset`", "metrics.`test_ndcg_at_10`"]
 
 
 def test_ui_links_include_each_study_view(tmp_path: Path) -> None:
@@ -139,6 +147,7 @@ def test_ui_links_include_each_study_view(tmp_path: Path) -> None:
     save_view(mlflow_client(uri), tracker.experiment_id, "study-s1", state)
     links = experiment_links(uri, "http://h:5000")
     base = f"http://h:5000/#/experiments/{tracker.experiment_id}"
-    assert [label for label, _ in links] == ["mine", "  study-s1", "  study-s1 charts"]
+    assert [label for label, _ in links] == ["mine", "  runs", "  study-s1", "  study-s1 charts"]
+    links = links[1:]
     assert links[1][1] == f"{base}/runs?viewStateShareKey=study-s1&workflowType=machine_learning"
     assert links[2][1] == links[1][1] + "&compareRunsMode=CHART"

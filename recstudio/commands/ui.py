@@ -49,15 +49,16 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
 
 def experiment_links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     """(label, URL) of RecStudio's experiments in the store, opening on the runs table, each
-    followed by its studies' saved views (``recstudio.track.views``): the trials with their
-    key columns, and the same view's charts (parallel coordinates first).
+    followed by its saved views (``recstudio.track.views``): ``runs`` (every run with the key
+    columns), and per study its trials with their key columns and the same view's charts
+    (parallel coordinates first).
 
     MLflow 3.17's UI decides between its GenAI and model-training pages by a "workflow type"
     kept in the browser (GenAI unless switched) or given as ``?workflowType=machine_learning``;
     the experiment's ``mlflow.experimentKind`` tag is not enough there, so the links carry it.
     """
     from recstudio.track.tracker import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, mlflow_client
-    from recstudio.track.views import saved_views, view_link
+    from recstudio.track.views import VIEW_TAG_PREFIX, saved_views, view_link
 
     try:
         experiments = mlflow_client(tracking_uri).search_experiments()
@@ -71,7 +72,8 @@ def experiment_links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
         links.append((e.name, f"{base}/#/experiments/{e.experiment_id}?workflowType=machine_learning"))
         for key in saved_views(tags):
             links.append((f"  {key}", view_link(base, e.experiment_id, key)))
-            links.append((f"  {key} charts", view_link(base, e.experiment_id, key, charts=True)))
+            if "compareRunCharts" in tags[VIEW_TAG_PREFIX + key]:  # a view with its own charts
+                links.append((f"  {key} charts", view_link(base, e.experiment_id, key, charts=True)))
     return links
 
 

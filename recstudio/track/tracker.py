@@ -161,17 +161,24 @@ in the URL), so ``recstudio ui`` also prints links that carry it."""
 
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
     """Experiment id for ``name``, creating it (race-safe) with artifacts beside a local store,
-    marked as a model-training experiment (an experiment without a kind gets it too)."""
+    marked as a model-training experiment and with the general saved UI view ``runs``
+    (``recstudio.track.views``); an experiment without them gets them too."""
+    from recstudio.track.views import RUNS_VIEW_KEY, VIEW_TAG_PREFIX, runs_view
+
+    view_tag = VIEW_TAG_PREFIX + RUNS_VIEW_KEY
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        tags = exp.tags or {}
+        if EXPERIMENT_KIND_TAG not in tags:
             client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        if view_tag not in tags:
+            client.set_experiment_tag(exp.experiment_id, view_tag, json.dumps(runs_view()))
         return exp.experiment_id
     try:
         return client.create_experiment(
             name,
             artifact_location=default_artifact_root(tracking_uri),
-            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, view_tag: json.dumps(runs_view())},
         )
     except Exception:  # another worker created it first
         exp = client.get_experiment_by_name(name)

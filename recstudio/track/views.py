@@ -90,6 +90,25 @@ def study_view(
     }
 
 
+RUNS_VIEW_KEY = "runs"
+RUNS_VIEW_METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_auc", "best_epoch")
+
+
+def runs_view() -> dict[str, Any]:
+    """The UI state of an experiment's general view (``recstudio run`` and study trials alike):
+    newest first, with the model and dataset tags and the test metrics every model reports
+    (ranking models NDCG/Recall@10, all of them AUC) as columns."""
+    columns = [column("tags", "model"), column("tags", "dataset")]
+    columns += [column("metrics", m) for m in RUNS_VIEW_METRICS]
+    columns.append(column("attributes", "Dataset"))
+    return {
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": [column("attributes", "Run Name"), column("attributes", "Created"), *columns],
+    }
+
+
 def save_view(client: Any, experiment_id: str, key: str, state: dict[str, Any]) -> None:
     """Store ``state`` as the experiment's shared view ``key`` (replacing an older one)."""
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(state))
