@@ -642,9 +642,11 @@ def final_metrics(result: TrainResult, monitor: str) -> dict[str, float]:
     validation metrics at the best epoch are points of the ``valid/<m>`` curves (step =
     best_epoch) and sit in ``metrics.json``; logging each again as its own key made 19
     single-point charts ahead of the curves."""
-    metrics = {f"test_{k}": v for k, v in result.test.items()}
+    from recstudio.track.tracker import best_valid_key, test_metric_key
+
+    metrics = {test_metric_key(k): v for k, v in result.test.items()}
     if monitor in result.valid:
-        metrics[f"best_valid_{monitor}"] = result.valid[monitor]
+        metrics[best_valid_key(monitor)] = result.valid[monitor]
     metrics["best_epoch"] = float(result.best_epoch)
     return metrics
 

@@ -294,6 +294,16 @@ def _metric_key(key: str) -> str:
     return key.replace("@", "_at_")
 
 
+def test_metric_key(metric: str) -> str:
+    """MLflow key of a run's test value of ``metric`` (``ndcg@10`` -> ``test_ndcg_at_10``)."""
+    return _metric_key(f"test_{metric}")
+
+
+def best_valid_key(metric: str) -> str:
+    """MLflow key of the validation ``metric`` at the best epoch (a study's objective)."""
+    return _metric_key(f"best_valid_{metric}")
+
+
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."

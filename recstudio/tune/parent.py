@@ -139,15 +139,15 @@ class ParentRun:
         trials sorted by the objective, with the objective, key test metrics and the searched
         parameters as columns and a parallel-coordinates chart (also kept as ``self.view``)."""
         from recstudio.eval.metrics import higher_is_better
-        from recstudio.track.tracker import _metric_key
+        from recstudio.track.tracker import best_valid_key, test_metric_key
         from recstudio.track.views import save_view, study_view, view_key, view_link
 
         try:
             experiment_id = self.client.get_run(self.run_id).info.experiment_id
-            tests = [_metric_key(f"test_{m}") for m in key_test_metrics(settings)]
+            tests = [test_metric_key(m) for m in key_test_metrics(settings)]
             state = study_view(
                 settings.study_name,
-                objective=_metric_key(f"best_valid_{settings.metric}"),
+                objective=best_valid_key(settings.metric),
                 higher_is_better=higher_is_better(settings.metric),
                 params=list(settings.space),
                 test_metrics=tests,
@@ -277,13 +277,12 @@ def best_trial_metrics(best: optuna.trial.FrozenTrial, metric: str | None) -> di
     """The best trial's single values under the names its own run uses (``test_<m>``,
     ``best_valid_<monitor>``, ``best_epoch``), so the parent's row in the runs table shows them
     in the same columns as the trials (step = the trial number)."""
-    from recstudio.track.tracker import _metric_key
+    from recstudio.track.tracker import best_valid_key, test_metric_key
 
     result = best.user_attrs.get("result") or {}
-    metrics = {_metric_key(f"test_{k}"): v for k, v in (result.get("test") or {}).items()}
+    metrics = {test_metric_key(k): v for k, v in (result.get("test") or {}).items()}
     if best.value is not None:
-        key = f"best_valid_{metric}" if metric else "best_valid_objective"
-        metrics[_metric_key(key)] = best.value
+        metrics[best_valid_key(metric or "objective")] = best.value
     if result.get("best_epoch") is not None:
         metrics["best_epoch"] = float(result["best_epoch"])
     return metrics
