@@ -400,6 +400,9 @@ class TrainResult:
     data: dict[str, Any]
     cache_key: str
     timings: dict[str, float] = field(default_factory=dict)
+    model_size: int = 0
+    """Numbers in the trained model's state dict (parameters and stored matrices, e.g. EASE's
+    item-item weights): the size of its checkpoint in floats."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -413,6 +416,7 @@ class TrainResult:
             "test": self.test,
             "data": self.data,
             "cache_key": self.cache_key,
+            "model_size": self.model_size,
         }
 
 
@@ -625,6 +629,7 @@ def train_and_test(
         data=data.summary(),
         cache_key=data.cache_key,
         timings=timings,
+        model_size=state_size(model),
     )
     if tracker is not None:
         tracker.log_metrics(final_metrics(result, cfg.train.monitor), step=result.best_epoch)
@@ -633,10 +638,16 @@ def train_and_test(
     return result
 
 
+def state_size(model: Any) -> int:
+    """Floating-point numbers in ``model.state_dict()`` (what its checkpoint stores)."""
+    return int(sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()))
+
+
 def final_metrics(result: TrainResult, monitor: str) -> dict[str, float]:
     """The single-value MLflow metrics of a finished run: every test metric (``test_<m>``), the
     validation monitor at the best epoch (``best_valid_<monitor>``, a study's objective) and
-    ``best_epoch``. They carry no ``/``: MLflow groups a run's charts into sections by the
+    ``best_epoch``, and ``model_size`` (floats in the checkpoint). They carry no ``/``: MLflow
+    groups a run's charts into sections by the
     prefix before the last ``/`` and sorts named sections before the unnamed "Model metrics"
     one, so ``valid/*`` curves come first and these single points after them. The other
     validation metrics at the best epoch are points of the ``valid/<m>`` curves (step =
@@ -648,6 +659,7 @@ def final_metrics(result: TrainResult, monitor: str) -> dict[str, float]:
     if monitor in result.valid:
         metrics[best_valid_key(monitor)] = result.valid[monitor]
     metrics["best_epoch"] = float(result.best_epoch)
+    metrics["model_size"] = float(result.model_size)
     return metrics
 
 

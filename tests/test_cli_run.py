@@ -93,7 +93,11 @@ def test_run_json_and_mlflow_record(workdir: Path):
         "epoch_seconds",
         "best_epoch",
         "best_valid_ndcg_at_10",
+        "model_size",
     }
+    # BPR's state: a user and an item table of width 16 (padding rows included)
+    assert run.data.metrics["model_size"] == result["model_size"] > 0
+    assert result["model_size"] % 16 == 0
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
     # the prepared data is the run's MLflow dataset input (the runs table's Dataset column)

@@ -24,6 +24,7 @@ import click
 
 from recstudio.commands.options import config_flags
 from recstudio.commands.run import common_run_options, parse_devices
+from recstudio.tune.objectives import COSTS
 from recstudio.tune.strategies import PRUNER_HELP, PRUNERS, SAMPLERS
 
 log = logging.getLogger("recstudio.tune")
@@ -88,6 +89,15 @@ def _duration(seconds: float | None) -> str:
     "maximised).",
 )
 @click.option(
+    "--cost",
+    "costs",
+    multiple=True,
+    type=click.Choice(list(COSTS)),
+    help="Multi-objective study: also minimise this cost of a trial (fit_seconds: training seconds; "
+    "model_size: floats in the trained model); repeatable. The study keeps the Pareto front of the "
+    "metric against the costs (on the parent run); its trials are not pruned.",
+)
+@click.option(
     "--search-space",
     type=click.Path(dir_okay=False),
     help="YAML/JSON search space (RecStudio or NNI format); replaces the model's default space.",
@@ -137,6 +147,7 @@ def tune_command(
     sampler,
     pruner,
     metric,
+    costs,
     search_space,
     workers,
     heartbeat_interval,
@@ -162,6 +173,7 @@ def tune_command(
       recstudio tune -c experiments/ncf-ml-100k.yaml --workers 2
       recstudio tune -m BPR -d ml-100k --search-space space.json --pruner hyperband --epochs 30
       recstudio tune -m BPR -d ml-100k --set embed_dim=64 --storage postgresql+psycopg://optuna@db/optuna
+      recstudio tune -m NCF -d ml-100k --trials 30 --cost fit_seconds
     """
     from recstudio.cli import setup_logging
     from recstudio.errors import TrainingError
@@ -193,6 +205,7 @@ def tune_command(
             heartbeat_interval=heartbeat_interval,
             defaults_trial=defaults_trial,
             baseline=baseline,
+            costs=tuple(costs),
         )
     settings.tracking_uri = tracking_uri
     settings.cache_dir = cache_dir
@@ -244,11 +257,26 @@ def print_tune_summary(summary: dict[str, Any], metric: str) -> None:
         click.echo(f"  MLflow run {best['run_id']} (parent run {summary.get('parent_run_id')})")
     for line in comparison_lines(summary, metric):
         click.echo(line)
+    for line in pareto_lines(summary):
+        click.echo(line)
     click.echo(f"  export it: recstudio best {summary['study']} --export best.yaml")
     view = summary.get("mlflow_view")
     if view:
         where = view["url"] or f"`recstudio ui` prints its link (view {view['key']})"
         click.echo(f"  compare the trials in MLflow: {where}")
+
+
+def pareto_lines(summary: dict[str, Any]) -> list[str]:
+    """A multi-objective study's Pareto front, one line per trial (best metric first)."""
+    front = summary.get("pareto_front")
+    if not front:
+        return []
+    names = summary.get("objectives") or []
+    lines = [f"  Pareto front ({' vs '.join(names)}; tag pareto_front=true in MLflow): {len(front)} trials"]
+    for t in front:
+        shown = ", ".join(f"{n} {_format_value(v)}" for n, v in zip(names, t.get("values") or []))
+        lines.append(f"    trial {t['number']}: {shown}")
+    return lines
 
 
 def _epoch_1based(epoch: Any) -> str:
@@ -330,6 +358,7 @@ def studies_command(storage: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def best_command(study_name: str, storage: str | None, export: str | None, as_json: bool) -> None:
     """Show a study's best trial: value, params, MLflow run id; optionally export its config."""
+    from recstudio.tune.objectives import primary_value
     from recstudio.tune.results import best_trial, export_config, trial_summary
     from recstudio.tune.storage import open_existing
 
@@ -346,7 +375,8 @@ def best_command(study_name: str, storage: str | None, export: str | None, as_js
         return
     metric = info["metric"] or "value"
     click.echo(
-        f"study {study.study_name}: best trial {trial.number}, {metric} = {trial.value:.4f} (validation)"
+        f"study {study.study_name}: best trial {trial.number}, "
+        f"{metric} = {primary_value(trial):.4f} (validation)"
     )
     for key, value in sorted((info.get("params") or {}).items()):
         click.echo(f"  {key} = {_format_value(value)}")

@@ -11,7 +11,8 @@ study knows is added here, so that Optuna and MLflow always agree:
   gets a FAILED child run, so every trial has exactly one.
 
 The objective value is the validation metric at the trial's best epoch (``result["valid"]``),
-never a test metric. The trial's overrides, its full resolved config and its MLflow run id are
+never a test metric; a multi-objective study (``--cost``) adds the trial's costs after it
+(``recstudio.tune.objectives``). The trial's overrides, its full resolved config and its MLflow run id are
 trial user attrs, which is what ``recstudio best --export`` reads.
 """
 
@@ -179,7 +180,7 @@ class Objective:
         )
 
     # ------------------------------------------------------------------ the trial
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         t0 = time.perf_counter()
         s = self.settings
         defaults = bool(trial.user_attrs.get(ATTR_DEFAULTS))
@@ -213,7 +214,8 @@ class Objective:
         from recstudio.pipeline import RunOptions, run
         from recstudio.tune.pruning import PruningCallback
 
-        pruning = PruningCallback(trial, metric_name=s.metric, prune=not defaults)
+        # a multi-objective trial cannot report intermediate values (Optuna prunes one objective)
+        pruning = PruningCallback(trial, metric_name=s.metric, prune=not defaults) if not s.costs else None
         # per-trial checkpoint folder: the pipeline copies the best checkpoint into the MLflow
         # run; the local copy of every trial would otherwise accumulate in /tmp
         ckpt_dir = tempfile.mkdtemp(prefix=f"recstudio-trial{trial.number}-") if s.tracking else None
@@ -233,12 +235,12 @@ class Objective:
             progress="lines" if s.progress == "auto" else s.progress,
             progress_prefix=f"trial {trial.number}: ",
             checkpoint_dir=ckpt_dir,
-            callbacks=[pruning],
+            callbacks=[pruning] if pruning is not None else [],
         )
         try:
             result = run(cfg, options, data=s.data, trial=trial)
         except optuna.TrialPruned as exc:
-            epoch = max(pruning.reported) if pruning.reported else None
+            epoch = max(pruning.reported) if pruning is not None and pruning.reported else None
             message = str(exc)
             trial.set_user_attr("pruned_epoch", epoch)
             self._on_child(trial, exc, lambda rid: self.runs.pruned(rid, message, epoch))
@@ -295,9 +297,16 @@ class Objective:
                 "valid": result.get("valid"),
                 "test": result.get("test"),
                 "cache_key": result.get("cache_key"),
+                "model_size": result.get("model_size"),
                 "timings": timings,
             },
         )
+        if s.costs:
+            from recstudio.tune.objectives import cost_values
+
+            costs = cost_values(result, s.costs)
+            trial.set_user_attr("costs", dict(zip(s.costs, costs)))
+            return [value, *costs]
         return value
 
     # ------------------------------------------------------------------ failures

@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from recstudio.tune.results import state_counts
+from recstudio.tune.objectives import primary_value
+from recstudio.tune.results import best_completed, state_counts
 from recstudio.tune.settings import TuneSettings
 from recstudio.tune.space import describe
 from recstudio.tune.storage import redact
@@ -94,6 +95,8 @@ class ParentRun:
                     "direction": metric_direction(settings.metric),
                 }
             )
+            if settings.costs:
+                params["costs"] = ",".join(settings.costs)
             tracker.log_params(params)
             tracker.log_text(_yaml(settings.space), "search_space.yaml")
             tracker.log_text(_yaml(settings.base_config), "base_config.yaml")
@@ -191,12 +194,11 @@ class ParentRun:
             self.client.log_batch(self.run_id, metrics=items)
 
     def record_best(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-        try:
-            best = study.best_trial
-        except ValueError:  # no completed trial yet
+        best = best_completed(study)
+        if best is None:  # no completed trial yet
             return None
         tags = {
-            "best.value": repr(best.value),
+            "best.value": repr(primary_value(best)),
             "best.trial": best.number,
             "best.run_id": best.user_attrs.get("mlflow_run_id", ""),
             "best.params": json.dumps(best.user_attrs.get("overrides", best.params), default=str),
@@ -210,6 +212,42 @@ class ParentRun:
         self.set_tags(tags)
         self.log_metrics(best_trial_metrics(best, parent.data.tags.get("metric")), step=best.number)
         return best
+
+    def record_pareto(self, study: optuna.Study) -> list[int]:
+        """A multi-objective study's Pareto front on the parent run: ``pareto_front.json`` (each
+        front trial's objectives, parameters, test metrics and run id, best metric first), the
+        tag ``pareto_front`` (the trial numbers) and ``pareto_front=true`` on those trials' runs,
+        so that the UI's runs table filters the front with ``tags.pareto_front = 'true'``.
+        Returns the front's trial numbers."""
+        from recstudio.tune.objectives import is_multi_objective, objective_names, pareto_front
+
+        if not is_multi_objective(study):
+            return []
+        names = objective_names(study)
+        front = pareto_front(study)
+        rows = [
+            {
+                "trial": t.number,
+                "objectives": dict(zip(names, t.values)),
+                "params": t.user_attrs.get("overrides", t.params),
+                "test": (t.user_attrs.get("result") or {}).get("test"),
+                "run_id": t.user_attrs.get("mlflow_run_id"),
+            }
+            for t in front
+        ]
+        self.client.log_text(self.run_id, json.dumps(rows, indent=2, default=str), "pareto_front.json")
+        numbers = [t.number for t in front]
+        self.set_tags(
+            {
+                "pareto_front": ", ".join(map(str, numbers)),
+                "pareto_front.objectives": " vs ".join(names),
+            }
+        )
+        for t in study.get_trials(deepcopy=False):
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if run_id and t.state == TrialState.COMPLETE:
+                self.client.set_tag(run_id, "pareto_front", str(t.number in numbers).lower())
+        return numbers
 
     def record_comparison(self, summary: dict[str, Any], step: int) -> None:
         """Best vs defaults (``summary["vs_defaults"]``) as parent-run metrics and tags."""
@@ -269,7 +307,7 @@ def best_note(best: optuna.trial.FrozenTrial, run_id: str, experiment_id: str) -
     shown = ", ".join(f"`{k}={v}`" for k, v in params.items())
     return (
         f"Best trial so far: [trial {best.number}](#/experiments/{experiment_id}/runs/{run_id}) "
-        f"with objective {best.value:.6g}; {shown}"
+        f"with objective {primary_value(best):.6g}; {shown}"
     )
 
 
@@ -281,8 +319,8 @@ def best_trial_metrics(best: optuna.trial.FrozenTrial, metric: str | None) -> di
 
     result = best.user_attrs.get("result") or {}
     metrics = {test_metric_key(k): v for k, v in (result.get("test") or {}).items()}
-    if best.value is not None:
-        metrics[best_valid_key(metric or "objective")] = best.value
+    if primary_value(best) is not None:
+        metrics[best_valid_key(metric or "objective")] = primary_value(best)
     if result.get("best_epoch") is not None:
         metrics["best_epoch"] = float(result["best_epoch"])
     return metrics
@@ -298,12 +336,13 @@ class TrialRecorder:
         if self.parent is None:
             return
         try:
-            if trial.state == TrialState.COMPLETE and trial.value is not None:
-                metrics = {"trial_value": trial.value}
-                best = study.best_trial
+            value = primary_value(trial)
+            if trial.state == TrialState.COMPLETE and value is not None:
+                metrics = {"trial_value": value}
+                best = best_completed(study)
                 if best.number == trial.number:
                     self.parent.record_best(study)
-                metrics["best_value"] = best.value
+                metrics["best_value"] = primary_value(best)
                 self.parent.log_metrics(metrics, step=trial.number)
         except Exception:
             log.exception("could not update the MLflow parent run after trial %d", trial.number)

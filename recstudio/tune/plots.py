@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,33 @@ PLOTS = {
     "parallel_coordinate": 1,
     "slice": 1,
     "param_importances": 2,
+    "pareto_front": 1,
 }
 """Plot name (``optuna.visualization.plot_<name>``) -> completed trials it needs."""
+SINGLE_OBJECTIVE_ONLY = ("intermediate_values",)
+"""Plots of what a multi-objective study does not have (its trials report no epochs)."""
+MULTI_OBJECTIVE_ONLY = ("pareto_front",)
+
+
+def plot_options(study: optuna.Study, name: str) -> dict[str, Any] | None:
+    """Keyword arguments of ``plot_<name>`` for ``study``; None when the plot does not apply.
+
+    A multi-objective study's plots show its metric (the first objective, by ``target``), and
+    its Pareto front names every objective (Optuna draws fronts of two or three objectives)."""
+    from recstudio.tune.objectives import is_multi_objective, objective_names, primary_value
+
+    multi = is_multi_objective(study)
+    if (multi and name in SINGLE_OBJECTIVE_ONLY) or (not multi and name in MULTI_OBJECTIVE_ONLY):
+        return None
+    if not multi:
+        return {}
+    names = objective_names(study)
+    if name == "pareto_front":
+        return {"target_names": names} if len(names) <= 3 else None
+    if name == "param_importances" and study.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+        # importances with a target are computed for *low* target values: negate a maximised metric
+        return {"target": lambda t: -primary_value(t), "target_name": names[0]}
+    return {"target": primary_value, "target_name": names[0]}
 
 
 def _figure_function(name: str, flavour: str = "plotly") -> Callable[[optuna.Study], Any]:
@@ -59,29 +85,34 @@ def write_study_plots(
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     written: list[Path] = []
     for name, needed in PLOTS.items():
+        options = plot_options(study, name)
+        if options is None:
+            continue
         if len(complete) < needed:
             log.info(
                 "plot %s skipped: needs %d completed trials, the study has %d", name, needed, len(complete)
             )
             continue
         try:
-            figure = _figure_function(name)(study)
+            with warnings.catch_warnings():  # PED-ANOVA warns whenever a target is given
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                figure = _figure_function(name)(study, **options)
             path = out_dir / f"{name}.html"
             figure.write_html(str(path), include_plotlyjs=include_plotlyjs)
             written.append(path)
         except Exception as exc:  # e.g. importances when every trial has the same params
             log.info("plot %s skipped: %s", name, exc)
             continue
-        png = _static_image(study, name, out_dir / f"{name}.png")
+        png = _static_image(study, name, out_dir / f"{name}.png", options)
         if png is not None:
             written.append(png)
     return written
 
 
-def _static_image(study: optuna.Study, name: str, path: Path) -> Path | None:
+def _static_image(
+    study: optuna.Study, name: str, path: Path, options: dict[str, Any] | None = None
+) -> Path | None:
     """The matplotlib version of plot ``name`` as ``path`` (PNG); None if it cannot be drawn."""
-    import warnings
-
     try:
         import matplotlib.pyplot as plt
     except ImportError:
@@ -90,7 +121,7 @@ def _static_image(study: optuna.Study, name: str, path: Path) -> Path | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            axes = _figure_function(name, "matplotlib")(study)
+            axes = _figure_function(name, "matplotlib")(study, **(options or {}))
         figure = _first_axes(axes).figure
         figure.set_size_inches(11, 6)
         figure.savefig(str(path), format="png", dpi=100, bbox_inches="tight")

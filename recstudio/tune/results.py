@@ -2,8 +2,9 @@
 
 Read by ``run_study``'s summary, by ``recstudio studies`` and ``recstudio best``; one module so
 that "best" means the same everywhere. The best trial is the completed trial with the best value
-in the study's direction (which ``create_or_load`` takes from the tuned metric: ``logloss`` is
-minimised, ranking metrics maximised); ties go to the earlier trial.
+of the tuned metric in its direction (``logloss`` is minimised, ranking metrics maximised); ties
+go to the earlier trial. In a multi-objective study (``--cost``) the metric is the first
+objective, so its best trial is the Pareto front's member with the best metric.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 
 from recstudio.errors import ConfigError
 from recstudio.tune.calibrated import is_defaults_trial
+from recstudio.tune.objectives import is_multi_objective, objective_names, pareto_front, primary_value
 from recstudio.tune.study import ATTR_PARENT_RUN
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -36,11 +38,16 @@ def best_completed(
 ) -> optuna.trial.FrozenTrial | None:
     """The best completed trial of ``study`` (of ``trials``, if given) in the study's direction."""
     trials = trials if trials is not None else study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and primary_value(t) is not None]
     if not complete:
         return None
-    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-    return max(complete, key=lambda t: (sign * t.value, -t.number))
+    sign = 1.0 if maximizes(study) else -1.0
+    return max(complete, key=lambda t: (sign * primary_value(t), -t.number))
+
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether the study maximises its metric (its first objective)."""
+    return study.directions[0] == StudyDirection.MAXIMIZE
 
 
 def summarize(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[str, Any]:
@@ -54,21 +61,35 @@ def summarize(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None
         "model": study.user_attrs.get("model"),
         "dataset": study.user_attrs.get("dataset"),
         "metric": study.user_attrs.get("metric"),
-        "direction": study.direction.name.lower(),
+        "direction": study.directions[0].name.lower(),
         "trials": state_counts(trials),
         "parent_run_id": study.user_attrs.get(ATTR_PARENT_RUN),
         "best": trial_summary(best) if best is not None else None,
         "defaults": trial_summary(defaults) if defaults is not None else None,
-        "vs_defaults": compare(best, defaults, metric, study.direction == StudyDirection.MAXIMIZE)
+        "vs_defaults": compare(best, defaults, metric, maximizes(study))
         if best is not None and defaults is not None
         else None,
+        **pareto_summary(study),
+    }
+
+
+def pareto_summary(study: optuna.Study) -> dict[str, Any]:
+    """``objectives`` and ``pareto_front`` (trial summaries, best metric first) of a
+    multi-objective study; nothing for a single-objective one."""
+    if not is_multi_objective(study):
+        return {}
+    return {
+        "objectives": objective_names(study),
+        "pareto_front": [trial_summary(t) for t in pareto_front(study)],
     }
 
 
 def defaults_completed(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
     """The study's completed defaults trial (the first, if a resume added another)."""
     done = [
-        t for t in trials if is_defaults_trial(t) and t.state == TrialState.COMPLETE and t.value is not None
+        t
+        for t in trials
+        if is_defaults_trial(t) and t.state == TrialState.COMPLETE and primary_value(t) is not None
     ]
     return min(done, key=lambda t: t.number) if done else None
 
@@ -104,7 +125,7 @@ def compare(
         "best_trial": best.number,
         "defaults_trial": defaults.number,
         "best_is_defaults": best.number == defaults.number,
-        "valid": pair(best.value, defaults.value),
+        "valid": pair(primary_value(best), primary_value(defaults)),
         "test": pair(test_of(best), test_of(defaults)),
     }
 
@@ -114,7 +135,9 @@ def trial_summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "value": trial.value,
+        "value": primary_value(trial),
+        "values": list(trial.values) if trial.values and len(trial.values) > 1 else None,
+        "costs": trial.user_attrs.get("costs"),
         "params": trial.user_attrs.get("overrides", trial.params),
         "run_id": trial.user_attrs.get("mlflow_run_id"),
         "best_epoch": (trial.user_attrs.get("result") or {}).get("best_epoch"),
@@ -137,9 +160,10 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
                 "model": study.user_attrs.get("model"),
                 "dataset": study.user_attrs.get("dataset"),
                 "metric": study.user_attrs.get("metric"),
-                "direction": study.direction.name.lower(),
+                "direction": study.directions[0].name.lower(),
+                "costs": study.user_attrs.get("costs") or [],
                 "trials": state_counts(trials),
-                "best_value": best.value if best else None,
+                "best_value": primary_value(best) if best else None,
                 "best_trial": best.number if best else None,
                 "started": str(summary.datetime_start) if summary.datetime_start else None,
                 "parent_run_id": study.user_attrs.get(ATTR_PARENT_RUN),
@@ -177,7 +201,8 @@ def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, path: st
     metric = study.user_attrs.get("metric", "value")
     run_id = trial.user_attrs.get("mlflow_run_id") or "-"
     header = (
-        f"# Best trial {trial.number} of Optuna study '{study.study_name}': {metric} = {trial.value:.6g} "
+        f"# Best trial {trial.number} of Optuna study '{study.study_name}': "
+        f"{metric} = {primary_value(trial):.6g} "
         "(validation).\n"
         f"# MLflow run {run_id}. The full resolved config; reproduce with:\n"
         f"#   recstudio run --config {Path(path).name}\n"

@@ -175,6 +175,7 @@ def _finish(
             step = max((t.number for t in trials), default=0)
             parent.record_counts(study, step=step)
             parent.record_comparison(summary, step=step)
+            parent.record_pareto(study)
             from recstudio.tune.plots import log_study_plots
 
             summary["plots"] = log_study_plots(study, parent)

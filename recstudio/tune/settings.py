@@ -38,6 +38,7 @@ TUNE_KEYS = (
     "heartbeat_interval",
     "defaults_trial",
     "baseline",
+    "costs",
 )
 """The keys a ``tune:`` section may hold."""
 
@@ -69,6 +70,9 @@ class TuneSettings:
     defaults_trial: bool = True
     """The study's first trial is the fixed config itself (the model's defaults with ``--set``
     values), evaluated in full and never pruned, so the best trial is never below it."""
+    costs: tuple[str, ...] = ()
+    """Costs minimised beside the metric (``recstudio.tune.objectives.COSTS``): a multi-objective
+    study whose result is the Pareto front; empty: the metric alone."""
     heartbeat_interval: int = 60
     grace_period: int | None = None
     max_retry: int = 1
@@ -160,6 +164,22 @@ def named(value: Any, what: str, choices: tuple[str, ...]) -> tuple[str | None, 
     return name, options
 
 
+def _costs(costs: tuple[str, ...] | None, section: dict[str, Any]) -> tuple[str, ...]:
+    """``--cost`` values (they win), else ``tune.costs`` (a name or a list of names)."""
+    from recstudio.tune.objectives import check_costs
+
+    if costs:
+        return check_costs(costs)
+    value = section.get("costs")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"tune.costs must be a cost name or a list of them, got {value!r}")
+    return check_costs(value)
+
+
 def default_study_name(model: str, dataset: str) -> str:
     """``MODEL-DATASET``; a dataset given as a spec path contributes its file stem."""
     name = Path(dataset).name
@@ -188,6 +208,7 @@ def build_settings(
     heartbeat_interval: int | None = None,
     defaults_trial: bool | None = None,
     baseline: bool | None = None,
+    costs: tuple[str, ...] | None = None,
 ) -> TuneSettings:
     """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section).
 
@@ -249,6 +270,19 @@ def build_settings(
         and section["pruner"].get("name") != pruner
     ):
         pruner_options = {}
+    costs = _costs(costs, section)
+    if costs:
+        if pruner_name not in (None, "none") and (pruner is not None or section.get("pruner") is not None):
+            raise ConfigError(
+                f"pruner '{pruner_name}' cannot run a multi-objective study "
+                f"(--cost {' --cost '.join(costs)}): "
+                "Optuna prunes single-objective trials only; leave --pruner out or use --pruner none"
+            )
+        pruner_name, pruner_options = "none", {}
+        if sampler_name == "cmaes":
+            raise ConfigError(
+                "sampler 'cmaes' is single-objective; a study with --cost needs tpe, random, qmc or grid"
+            )
     seed = flags.get("train.seed", section.get("seed"))
     trials = trials if trials is not None else section.get("trials")
     timeout = timeout if timeout is not None else section.get("timeout")
@@ -280,6 +314,7 @@ def build_settings(
         sampler=sampler_name or "tpe",
         sampler_options=sampler_options,
         pruner=pruner_name or default_pruner(sampler_name),
+        costs=costs,
         pruner_options=pruner_options,
         seed=int(seed) if seed is not None else None,
         workers=int(workers or section.get("workers") or 1),

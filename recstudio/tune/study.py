@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from recstudio.errors import ConfigError
+from recstudio.tune.objectives import study_directions
 from recstudio.tune.settings import TuneSettings
 from recstudio.tune.space import SearchSpace
 from recstudio.tune.storage import make_storage, redact
@@ -93,18 +94,28 @@ def create_or_load(
     existing = settings.study_name in optuna.get_all_study_names(storage)
     sampler, pruner = sampler_and_pruner(settings, worker)
     direction = metric_direction(settings.metric)
+    directions = study_directions(direction, settings.costs)
     study = optuna.create_study(
         storage=storage,
         study_name=settings.study_name,
-        direction=direction,
+        directions=directions,
         load_if_exists=True,
         sampler=sampler,
         pruner=pruner,
     )
-    actual = study.direction.name.lower()
-    if actual != direction:
+    actual = [d.name.lower() for d in study.directions]
+    if len(actual) != len(directions):
+        costs = study.user_attrs.get("costs") or []
         raise ConfigError(
-            f"study '{settings.study_name}' {actual}s its objective, but {settings.metric} is {direction}d; "
+            f"study '{settings.study_name}' has {len(actual)} objective(s) "
+            f"({', '.join([settings.metric, *costs])}), "
+            f"this invocation asks for {len(directions)} (--cost {' '.join(settings.costs) or 'none'}); "
+            "use the same --cost values or choose another --study-name"
+        )
+    if actual[0] != direction:
+        raise ConfigError(
+            f"study '{settings.study_name}' {actual[0]}s its objective, "
+            f"but {settings.metric} is {direction}d; "
             "choose another --study-name"
         )
     check_space_compatible(study, settings.space)
@@ -116,6 +127,7 @@ def create_or_load(
             "model": settings.model,
             "dataset": settings.dataset,
             "metric": settings.metric,
+            "costs": list(settings.costs),
             "search_space": settings.space,
             "base_config": settings.base_config,
             "recstudio.version": _version(),
@@ -128,8 +140,9 @@ def create_or_load(
             ("model", settings.model),
             ("dataset", settings.dataset),
             ("metric", settings.metric),
+            ("costs", list(settings.costs)),
         )
-        if attrs.get(key) != value
+        if (attrs.get(key) or ([] if key == "costs" else None)) != value
     ]
     if mismatch:
         raise ConfigError(
