@@ -446,7 +446,9 @@ def _resolve_bare_key(key: str, model_cls: type) -> str:
     for name in ("train", "data", "eval"):
         if key in section_field_names(SECTIONS[name]):
             return f"{name}.{key}"
-    raise ConfigError(f"unknown config key '{key}'")
+    raise ConfigError(
+        f"unknown config key '{key}': neither model {model_cls.__name__} nor train, data or eval has it"
+    )
 
 
 def read_config_files(config_files: list[str | Path] | tuple = ()) -> dict[str, Any]:

@@ -177,3 +177,8 @@ def test_sampler_options_fail_in_one_line_naming_model_and_option(name: str, opt
     message = str(info.value)
     assert "\n" not in message
     assert f"'{option}'" in message and f"model {name} has no such option" in message
+
+
+def test_bare_sampler_key_names_the_model() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'sampler': neither model ItemKNN"):
+        resolve_config(model="ItemKNN", dataset="ml-100k", overrides={"sampler": "popularity"})
