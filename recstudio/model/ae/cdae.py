@@ -33,9 +33,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.ae.common import history_input
-from recstudio.model.base import TowerFreeRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.ae.common import HistoryAutoencoder, history_input
 from recstudio.model.layers import dropout
 from recstudio.model.registry import register
 
@@ -52,11 +50,9 @@ Activation = Literal["relu", "sigmoid", "tanh", "identity"]
 
 
 @register
-class CDAE(TowerFreeRecommender):
+class CDAE(HistoryAutoencoder):
     """One-hidden-layer denoising autoencoder over the corrupted history plus a user node."""
 
-    family: ClassVar[str] = "general"
-    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = (
         "Denoising autoencoder with a user-specific input node (Wu et al., WSDM 2016)."
     )

@@ -8,13 +8,36 @@ One implementation per formula: a model that needs one of these imports it from 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recstudio.model.base import TowerFreeRecommender
+from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.layers import dropout
+
+
+class HistoryAutoencoder(TowerFreeRecommender):
+    """A model that trains on each user's multi-hot history (the ``user`` view, batches of 500
+    users as Liang et al.) and scores all items from the history in ``score_batch``."""
+
+    family: ClassVar[str] = "general"
+    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
+    default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
+
+
+MLP_AUTOENCODER_SPACE: dict[str, dict[str, Any]] = {
+    "hidden_dims": {"type": "categorical", "choices": [[300], [600], [1000], [600, 300]]},
+    "latent_dim": {"type": "categorical", "choices": [64, 128, 200, 300]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.7},
+    "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    # categorical so that the default 0 is a candidate (the defaults trial reproduces it)
+    "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4, 1e-3]},
+}
+"""Search space of the tanh-MLP autoencoders (MultiVAE, MultiDAE): sizes, input dropout,
+learning rate and weight decay."""
 
 
 def history_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -102,3 +125,9 @@ class KLAnnealing:
 
 ANNEALING_RANGES = {"anneal_cap": ">= 0", "total_anneal_steps": ">= 0"}
 """Declared ranges of the KL annealing keys (``anneal_cap``, ``total_anneal_steps``)."""
+
+ANNEALING_SPACE: dict[str, dict[str, Any]] = {
+    "total_anneal_steps": {"type": "int", "low": 50, "high": 20000, "log": True},
+    "anneal_cap": {"type": "float", "low": 0.0, "high": 1.0},
+}
+"""Search space of the KL annealing keys."""

@@ -36,6 +36,8 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.ae.common import (
     ANNEALING_RANGES,
+    ANNEALING_SPACE,
+    HistoryAutoencoder,
     KLAnnealing,
     gaussian_kl,
     history_input,
@@ -44,18 +46,14 @@ from recstudio.model.ae.common import (
     reparameterize,
     tanh_mlp,
 )
-from recstudio.model.base import TowerFreeRecommender
-from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
 
 @register
-class MacridVAE(KLAnnealing, TowerFreeRecommender):
+class MacridVAE(KLAnnealing, HistoryAutoencoder):
     """K concept prototypes over cosine item embeddings, one shared VAE encoder per concept,
     multinomial likelihood over the mixture of the K concept decoders."""
 
-    family: ClassVar[str] = "general"
-    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = (
         "Macro/micro disentangled VAE over K item concepts (Ma et al., NeurIPS 2019)."
     )
@@ -96,11 +94,10 @@ class MacridVAE(KLAnnealing, TowerFreeRecommender):
         "kfac": {"type": "int", "low": 2, "high": 20},
         "tau": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
         "dropout": {"type": "float", "low": 0.0, "high": 0.7},
-        "anneal_cap": {"type": "float", "low": 0.0, "high": 1.0},
         "std": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        **ANNEALING_SPACE,
     }
-    default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
 
     def __init__(
         self,

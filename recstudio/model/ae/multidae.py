@@ -25,19 +25,22 @@ import torch
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
-from recstudio.model.ae.common import history_input, multinomial_nll, normalized_dropout, tanh_mlp
-from recstudio.model.base import TowerFreeRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.ae.common import (
+    MLP_AUTOENCODER_SPACE,
+    HistoryAutoencoder,
+    history_input,
+    multinomial_nll,
+    normalized_dropout,
+    tanh_mlp,
+)
 from recstudio.model.registry import register
 
 
 @register
-class MultiDAE(TowerFreeRecommender):
+class MultiDAE(HistoryAutoencoder):
     """Tanh MLP [I -> 600 -> 200 -> 600 -> I] over the normalised, dropped-out history,
     multinomial likelihood."""
 
-    family: ClassVar[str] = "general"
-    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = (
         "Denoising autoencoder with multinomial likelihood (Mult-DAE, Liang et al., WWW 2018)."
     )
@@ -53,15 +56,7 @@ class MultiDAE(TowerFreeRecommender):
         dropout: float = 0.5
         """Dropout on the normalised input during training (paper and RecBole: 0.5)."""
 
-    search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "hidden_dims": {"type": "categorical", "choices": [[300], [600], [1000], [600, 300]]},
-        "latent_dim": {"type": "categorical", "choices": [64, 128, 200, 300]},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.8},
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        # categorical so that the default 0 is a candidate (the defaults trial reproduces it)
-        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4, 1e-3]},
-    }
-    default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
+    search_space: ClassVar[dict[str, dict[str, Any]]] = MLP_AUTOENCODER_SPACE
 
     def __init__(
         self,

@@ -20,6 +20,9 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.ae.common import (
     ANNEALING_RANGES,
+    ANNEALING_SPACE,
+    MLP_AUTOENCODER_SPACE,
+    HistoryAutoencoder,
     KLAnnealing,
     gaussian_kl,
     history_input,
@@ -28,17 +31,13 @@ from recstudio.model.ae.common import (
     reparameterize,
     tanh_mlp,
 )
-from recstudio.model.base import TowerFreeRecommender
-from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
 
 @register
-class MultiVAE(KLAnnealing, TowerFreeRecommender):
+class MultiVAE(KLAnnealing, HistoryAutoencoder):
     """Encoder [I -> 600 -> 2x200], decoder [200 -> 600 -> I], multinomial likelihood."""
 
-    family: ClassVar[str] = "general"
-    contract: ClassVar[DataContract] = DataContract(inputs=(TrainInput("user"),))
     description: ClassVar[str] = (
         "Variational autoencoder with multinomial likelihood and KL annealing (Liang et al., WWW 2018)."
     )
@@ -64,17 +63,7 @@ class MultiVAE(KLAnnealing, TowerFreeRecommender):
         The paper used 200000 steps on ML-20M; on ml-100k (2 steps an epoch) 200 measured test
         NDCG@10 0.270 / 0.266 over two seeds against 0.263 / 0.258 for 2000."""
 
-    search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "hidden_dims": {"type": "categorical", "choices": [[300], [600], [1000], [600, 300]]},
-        "latent_dim": {"type": "categorical", "choices": [64, 128, 200, 300]},
-        "total_anneal_steps": {"type": "int", "low": 50, "high": 20000, "log": True},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.7},
-        "anneal_cap": {"type": "float", "low": 0.0, "high": 1.0},
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        # categorical so that the default 0 is a candidate (the defaults trial reproduces it)
-        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4, 1e-3]},
-    }
-    default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500}}
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {**MLP_AUTOENCODER_SPACE, **ANNEALING_SPACE}
 
     def __init__(
         self,

@@ -49,13 +49,13 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.ae.common import (
+    HistoryAutoencoder,
     history_input,
     log_normal_pdf,
     multinomial_nll,
     normalized_dropout,
     reparameterize,
 )
-from recstudio.model.base import TowerFreeRecommender
 from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.registry import register
 
@@ -85,11 +85,10 @@ class DenseEncoder(nn.Module):
 
 
 @register
-class RecVAE(TowerFreeRecommender):
+class RecVAE(HistoryAutoencoder):
     """Dense LayerNorm/swish encoder, linear decoder, composite prior with a frozen old
     encoder, user-specific KL weight, alternating encoder / decoder passes."""
 
-    family: ClassVar[str] = "general"
     description: ClassVar[str] = (
         "VAE with composite prior and alternating encoder/decoder updates (Shenbin et al., WSDM 2020)."
     )
@@ -104,6 +103,7 @@ class RecVAE(TowerFreeRecommender):
             "gamma": ">= 0",
             "beta": ">= 0",
             "mixture_weights": ">= 0",
+            "wide_logvar": ">= 0",
             "n_enc_epochs": ">= 1",
             "n_dec_epochs": ">= 1",
         }
