@@ -37,6 +37,8 @@ FAST = {
     "GRU4Rec": {"learning_rate": 5e-3, "batch_size": 64, "model.max_seq_len": 20},
     "CKE": {"learning_rate": 1e-2, "batch_size": 256},
     "DiffNet": {"learning_rate": 1e-2, "batch_size": 256},
+    "RecVAE": {"learning_rate": 1e-2, "batch_size": 64, "model.hidden_dim": 128, "epochs": 10},
+    "MacridVAE": {"learning_rate": 1e-2, "batch_size": 64, "epochs": 10},
 }
 # models that cannot express the planted structure by construction: they must train to finite
 # metrics no worse than a constant guess, and their own tests check what they can learn

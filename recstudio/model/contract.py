@@ -7,7 +7,8 @@ guesses (there is no "does the config happen to have a ``max_seq_len``").
 - ``inputs``: one or several training inputs, each a view of the prepared data (``triplet``,
   ``pointwise``, ``user``, ``seq``, ``seq2seq``, ``als``, ``kg``; see ``recstudio.data.views``)
   with its options. Input ``main`` feeds ``training_loss(batch)``; any other input ``x`` feeds
-  ``x_loss(batch)``, stepping the optimizer the input names.
+  ``x_loss(batch)`` (or the loss of the input its ``loss`` names), stepping the optimizer the
+  input names.
 - ``alternate``: how several inputs share an epoch. ``"zip"``: every step gets one batch of each
   input in one dict (the first input's keys as they are, the others' as ``"<name>.<key>"``), one
   loss, one optimizer step (CKE's joint CF + KG loss); the epoch is as long as the longest input
@@ -50,9 +51,13 @@ class TrainInput:
     """View options (e.g. ``max_len`` for sequence views, ``num_negatives`` for the kg view)."""
     batch_size: int | None = None
     """Batch size of this input; None: ``train.batch_size``."""
+    loss: str | None = None
+    """The input whose loss this one feeds (None: its own): several passes of one objective in an
+    epoch (RecVAE's three encoder passes) are inputs with their own names and one loss."""
 
     def loss_method(self) -> str:
-        return "training_loss" if self.name == MAIN else f"{self.name}_loss"
+        name = self.loss or self.name
+        return "training_loss" if name == MAIN else f"{name}_loss"
 
 
 @dataclass(frozen=True)
