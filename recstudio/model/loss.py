@@ -257,6 +257,33 @@ class PRISLoss(SampledLoss):
         return -(weight * F.logsigmoid(pos.unsqueeze(-1) - neg)).sum(-1).mean()
 
 
+class CosineContrastiveLoss(SampledLoss):
+    """Cosine contrastive loss (CCL) over cosine scores in [-1, 1].
+
+    L = max(0, 1 - s_pos) + w * (1/K) sum_k max(0, s_k - margin): the positive is pulled to
+    cosine 1, and only negatives more similar than ``margin`` are pushed away (the others are
+    uninformative and filtered out), their mean weighted by ``negative_weight`` w. Meant for the
+    cosine scorer (any item-tower model: ``--set model.loss=ccl model.scorer=cosine``).
+    Reference: Mao et al., "SimpleX: A Simple and Strong Baseline for Collaborative Filtering"
+    (CIKM 2021), eq. 3 (w/N sum_k = w * mean_k).
+    """
+
+    def __init__(self, margin: float = 0.9, negative_weight: float = 1.0) -> None:
+        super().__init__()
+        self.margin = margin
+        self.negative_weight = negative_weight
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        neg_term = F.relu(neg - self.margin).mean(-1)
+        return (F.relu(1.0 - pos) + self.negative_weight * neg_term).mean()
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
@@ -267,6 +294,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "infonce": InfoNCELoss,
     "wrmf": WeightedSquareLoss,
     "pris": PRISLoss,
+    "ccl": CosineContrastiveLoss,
 }
 
 
