@@ -53,3 +53,43 @@ def test_simplex_user_vector_fuses_user_and_history_mean():
     torch.testing.assert_close(
         scores, F.normalize(out, dim=1) @ F.normalize(model.item_emb.weight, dim=1).T, atol=1e-5, rtol=1e-5
     )
+
+
+# --------------------------------------------------------------------------- CML
+
+
+def test_cml_embeddings_stay_in_the_unit_ball_while_training():
+    from recstudio.model.general.cml import covariance_penalty
+
+    model, data = build("CML", cov_weight=0.1)
+    with torch.no_grad():  # start far outside the ball: the clip must bring every row back
+        model.user_emb.weight.mul_(10.0)
+        model.item_emb.weight.mul_(10.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)  # big steps push rows outside
+    train = data.train
+    for step in range(5):
+        batch = {
+            "user": train.user[step * 64 : (step + 1) * 64],
+            "item": train.item[step * 64 : (step + 1) * 64],
+        }
+        loss = model.training_loss(batch)
+        # every score of the step came from clipped embeddings
+        assert float(model.user_emb.weight.detach().norm(dim=1).max()) <= 1.0 + 1e-5
+        assert float(model.item_emb.weight.detach().norm(dim=1).max()) <= 1.0 + 1e-5
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        model.prepare_evaluation()
+    assert float(model.eval_cache["items"].norm(dim=1).max()) <= 1.0 + 1e-5
+    # scores are negative squared distances
+    users = torch.tensor([1, 2])
+    scores = model.score_batch({"user": users})
+    u, v = model.user_emb.weight[users], model.item_emb.weight
+    torch.testing.assert_close(scores, -torch.cdist(u, v).square(), atol=1e-5, rtol=1e-4)
+    # the covariance penalty against numpy
+    x = torch.randn(12, 4, dtype=torch.float64)
+    c = np.cov(x.numpy(), rowvar=False, bias=True)
+    expected = (np.linalg.norm(c) - np.square(np.diag(c)).sum()) / 12
+    assert float(covariance_penalty(x)) == pytest.approx(expected)
