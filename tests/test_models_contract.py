@@ -35,6 +35,7 @@ FAST = {
     "EASE": {},
     "SimpleX": {"learning_rate": 1e-2, "batch_size": 256},
     "CML": {"learning_rate": 1e-2, "batch_size": 256},
+    "LogisticMF": {"learning_rate": 1e-2, "batch_size": 256},
     "LightGCN": {"learning_rate": 1e-2, "batch_size": 256},
     "GRU4Rec": {"learning_rate": 5e-3, "batch_size": 64, "model.max_seq_len": 20},
     "CKE": {"learning_rate": 1e-2, "batch_size": 256},

@@ -93,3 +93,35 @@ def test_cml_embeddings_stay_in_the_unit_ball_while_training():
     c = np.cov(x.numpy(), rowvar=False, bias=True)
     expected = (np.linalg.norm(c) - np.square(np.diag(c)).sum()) / 12
     assert float(covariance_penalty(x)) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- LogisticMF
+
+
+def test_logisticmf_scores_and_loss_follow_the_paper():
+    model, data = build("LogisticMF", positive_weight=3.0, reg_weight=0.01, num_negatives=2)
+    with torch.no_grad():
+        model.user_bias.normal_()
+        model.item_bias.normal_()
+    users, pos, neg = (
+        torch.tensor([1, 2, 3]),
+        torch.tensor([4, 5, 6]),
+        torch.tensor([[7, 8], [9, 10], [11, 12]]),
+    )
+    x, y = model.user_emb.weight, model.item_emb.weight
+    bu, bi = model.user_bias[:, 0], model.item_bias[:, 0]
+
+    def s(u, i):  # noqa: ANN001, ANN202
+        return x[u] @ y[i] + bu[u] + bi[i]
+
+    scores = model.score_batch({"user": users})
+    torch.testing.assert_close(scores[0, 4], s(1, 4))
+    loss = model.training_loss({"user": users, "item": pos, "neg_item": neg})
+    expected = 0.0
+    for n in range(3):
+        u = int(users[n])
+        term = -3.0 * F.logsigmoid(s(u, int(pos[n])))
+        term = term - sum(F.logsigmoid(-s(u, int(k))) for k in neg[n]) / 2
+        expected = expected + term / 3
+    reg = (x[users] ** 2).sum() + (y[pos] ** 2).sum() + (y[neg] ** 2).sum()
+    torch.testing.assert_close(loss, expected + 0.01 * reg / 3)

@@ -574,6 +574,8 @@ class ItemTowerRecommender(Recommender):
         if type(self.scorer) is not InnerProductScorer:
             return None
         kind = _FUSED_KINDS.get(type(self.loss_fn))
+        if getattr(self.loss_fn, "positive_weight", 1.0) != 1.0:  # the kernels weigh positives 1
+            return None
         if kind is None or query.dtype not in native.DTYPES or native.kernels() is None:
             return None
         return kind

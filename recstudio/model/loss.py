@@ -116,10 +116,17 @@ class BPRLoss(SampledLoss):
 class BCELoss(SampledLoss):
     """Binary cross-entropy, positives labelled 1 and sampled negatives 0.
 
-    L = -log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
-    between the two terms does not depend on K).
-    Reference: He et al., "Neural Collaborative Filtering" (WWW 2017).
+    L = -c log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
+    between the two terms does not depend on K), with the positive's confidence weight c
+    (``positive_weight``, default 1: the plain log loss).
+    References: He et al., "Neural Collaborative Filtering" (WWW 2017); the weight c is the
+    confidence alpha of Johnson, "Logistic Matrix Factorization for Implicit Feedback Data"
+    (NIPS 2014 workshop).
     """
+
+    def __init__(self, positive_weight: float = 1.0) -> None:
+        super().__init__()
+        self.positive_weight = positive_weight
 
     def forward(
         self,
@@ -128,7 +135,10 @@ class BCELoss(SampledLoss):
         log_q_pos: torch.Tensor | None = None,
         log_q_neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return (-F.logsigmoid(pos) - F.logsigmoid(-neg).mean(-1)).mean()
+        pos_term = -F.logsigmoid(pos)
+        if self.positive_weight != 1.0:
+            pos_term = self.positive_weight * pos_term
+        return (pos_term - F.logsigmoid(-neg).mean(-1)).mean()
 
 
 class HingeLoss(SampledLoss):

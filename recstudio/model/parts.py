@@ -32,6 +32,7 @@ class RankingParts:
         "temperature": "> 0",
         "margin": ">= 0",
         "negative_weight": ">= 0",
+        "positive_weight": "> 0",
         "scorer_hidden_sizes": ">= 1",
     }
     """Allowed values, checked when the config is built (``--set`` errors name the key)."""
@@ -55,6 +56,8 @@ class RankingParts:
     """Margin of the hinge and warp losses (None: 1.0) and of ccl (None: 0.9)."""
     negative_weight: float | None = None
     """Weight of the negative term of the ccl and wrmf losses (None: 1.0)."""
+    positive_weight: float | None = None
+    """Confidence weight of the positive term of bce (None: 1.0; LogisticMF's alpha)."""
     scorer_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     """Hidden layer sizes of the mlp scorer."""
 
@@ -77,6 +80,8 @@ class RankingParts:
             raise ConfigError(f"config key 'model.margin' must be >= 0, got {self.margin}")
         if self.negative_weight is not None and self.negative_weight < 0:
             raise ConfigError(f"config key 'model.negative_weight' must be >= 0, got {self.negative_weight}")
+        if self.positive_weight is not None and self.positive_weight <= 0:
+            raise ConfigError(f"config key 'model.positive_weight' must be > 0, got {self.positive_weight}")
         if not self.scorer_hidden_sizes or any(h < 1 for h in self.scorer_hidden_sizes):
             raise ConfigError(
                 "config key 'model.scorer_hidden_sizes' must be positive sizes, "
@@ -97,6 +102,7 @@ def build_loss_from(config: RankingParts, num_items: int) -> nn.Module:
         "temperature": config.temperature,
         "margin": config.margin,
         "negative_weight": config.negative_weight,
+        "positive_weight": config.positive_weight,
         "num_items": num_items,
     }
     cls = LOSSES[config.loss]
