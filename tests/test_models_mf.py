@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from recstudio.config import EvalConfig, TrainConfig
+from recstudio.errors import ModelError
 from recstudio.model.loss import build_loss
 from recstudio.model.registry import get_model_class
 from recstudio.testing import planted_data
@@ -125,3 +126,59 @@ def test_logisticmf_scores_and_loss_follow_the_paper():
         expected = expected + term / 3
     reg = (x[users] ** 2).sum() + (y[pos] ** 2).sum() + (y[neg] ** 2).sum()
     torch.testing.assert_close(loss, expected + 0.01 * reg / 3)
+
+
+# --------------------------------------------------------------------------- PMF
+
+
+def test_pmf_loss_is_squared_error_plus_l2():
+    model, data = build("PMF", data=planted_data(ratings=True), reg_weight=0.05)
+    train = data.train
+    users, items, ratings = train.user[:10], train.item[:10], train.rating[:10]
+    assert len(set(ratings.tolist())) > 1  # raw stars, not binarised
+    u, v = model.user_emb.weight, model.item_emb.weight
+    mu = float(train.rating.mean())
+    pred = (u[users] * v[items]).sum(1) + mu
+    expected = ((pred - ratings) ** 2).mean() + 0.05 * ((u[users] ** 2).sum() + (v[items] ** 2).sum()) / 10
+    loss = model.training_loss({"user": users, "item": items, "rating": ratings})
+    torch.testing.assert_close(loss, expected)
+    # score_pairs is the predicted rating; full ranking ranks by it
+    torch.testing.assert_close(model.score_pairs({"user": users, "item": items}), pred)
+    torch.testing.assert_close(model.score_batch({"user": users})[torch.arange(10), items], pred)
+
+
+def test_rmse_and_mae_equal_numpy():
+    from recstudio.eval.pointwise import PointwiseEvaluator
+
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.rand(50, generator=g) * 5, torch.randint(1, 6, (50,), generator=g).float()
+    ev = PointwiseEvaluator(["rmse", "mae"], target="rating")
+    for part in (slice(0, 20), slice(20, 50)):
+        ev.update(pred[part], {"user": torch.zeros(pred[part].numel()), "rating": target[part]})
+    out = ev.compute()
+    p, t = pred.double().numpy(), target.double().numpy()
+    assert out["rmse"] == pytest.approx(np.sqrt(np.mean((p - t) ** 2)))
+    assert out["mae"] == pytest.approx(np.mean(np.abs(p - t)))
+
+
+def test_pmf_reports_rmse_and_mae_and_ranks():
+    from recstudio.testing import fit_and_evaluate
+
+    data = planted_data(ratings=True)
+    result = fit_and_evaluate("PMF", data, epochs=3, learning_rate=1e-2, batch_size=256)
+    for split in ("valid", "test"):
+        assert {"rmse", "mae", "ndcg@10", "recall@10"} <= set(result[split]), result[split]
+    assert result["test"]["mae"] <= result["test"]["rmse"]
+
+
+def test_pmf_without_ratings_fails_in_one_line():
+    with pytest.raises(ModelError, match=r"PMF needs rating values.*binarize") as info:
+        build("PMF", data=planted_data())
+    assert "\n" not in str(info.value)
+
+
+def test_rating_contract_turns_binarize_off():
+    from recstudio.experiment import resolve_config
+
+    assert resolve_config(model="PMF", dataset="ml-100k").data.binarize is False
+    assert resolve_config(model="BPR", dataset="ml-100k").data.binarize is True

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.ops import Embedding
+from recstudio.model.ops import user_item_embeddings
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -93,12 +92,7 @@ class CML(TwoTowerRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.normal_(table.weight, std=d**-0.5)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_embeddings(data, d, std=d**-0.5)
         self.clip()
         self.build_ranking_parts(data, dim=d)
 

@@ -33,7 +33,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.ops import Embedding, gather_rows, sum_squared_rows
+from recstudio.model.ops import gather_rows, user_item_embeddings
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -81,12 +81,7 @@ class LogisticMF(TwoTowerRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.normal_(table.weight, std=config.init_std)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_embeddings(data, d, std=config.init_std)
         self.user_bias = nn.Parameter(torch.zeros(data.num_users, 1))
         self.item_bias = nn.Parameter(torch.zeros(data.num_items, 1))
         self.build_ranking_parts(data, dim=d + 2)
@@ -102,10 +97,6 @@ class LogisticMF(TwoTowerRecommender):
         return torch.cat([y, y.new_ones(y.shape[0], 1), self.item_bias], dim=1)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        users, pos = batch["user"], batch["item"]
-        loss, scored = self.scored_ranking_loss(self.user_vectors(users), pos, batch.get("neg_item"), users)
-        if self.config.reg_weight > 0:
-            reg = sum_squared_rows(self.user_emb.weight, users)
-            reg = reg + sum_squared_rows(self.item_emb.weight, scored)
-            loss = loss + self.config.reg_weight * reg / pos.shape[0]
-        return loss
+        query = self.user_vectors(batch["user"])
+        reg = self.config.reg_weight
+        return self.penalised_ranking_loss(query, batch, reg, self.user_emb.weight, self.item_emb.weight)

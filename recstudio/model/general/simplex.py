@@ -37,7 +37,7 @@ from recstudio.errors import ConfigError
 from recstudio.eval.ranking import last_items
 from recstudio.model.base import TwoTowerRecommender
 from recstudio.model.layers import Dropout
-from recstudio.model.ops import Embedding, gather_rows, sum_squared_rows
+from recstudio.model.ops import gather_rows, user_item_embeddings
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -106,12 +106,7 @@ class SimpleX(TwoTowerRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.xavier_normal_(table.weight)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_embeddings(data, d)
         self.history_map = nn.Linear(d, d, bias=False)
         nn.init.xavier_normal_(self.history_map.weight)
         self.dropout = Dropout(config.dropout)
@@ -133,10 +128,6 @@ class SimpleX(TwoTowerRecommender):
         return self.item_emb.weight
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        users, pos = batch["user"], batch["item"]
-        loss, scored = self.scored_ranking_loss(self.user_vectors(users), pos, batch.get("neg_item"), users)
-        if self.config.reg_weight > 0:
-            reg = sum_squared_rows(self.user_emb.weight, users)
-            reg = reg + sum_squared_rows(self.item_emb.weight, scored)
-            loss = loss + self.config.reg_weight * reg / pos.shape[0]
-        return loss
+        query = self.user_vectors(batch["user"])
+        reg = self.config.reg_weight
+        return self.penalised_ranking_loss(query, batch, reg, self.user_emb.weight, self.item_emb.weight)
