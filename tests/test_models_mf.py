@@ -182,3 +182,38 @@ def test_rating_contract_turns_binarize_off():
 
     assert resolve_config(model="PMF", dataset="ml-100k").data.binarize is False
     assert resolve_config(model="BPR", dataset="ml-100k").data.binarize is True
+
+
+# --------------------------------------------------------------------------- DSSM
+
+
+def test_dssm_towers_read_the_features():
+    model, data = build("DSSM")
+    model.eval()
+    users = torch.tensor([1, 2, 3])
+    before = model.score_batch({"user": users})
+    # another item's genre group changes that item's scores only
+    model.fields.item.codes[7, 1] = model.fields.item.codes[80, 1]
+    assert model.fields.item.names[1] == "item.group"
+    after = model.score_batch({"user": users})
+    changed = (after - before).abs() > 1e-7
+    assert changed[:, 7].all() and not changed[:, torch.arange(data.num_items) != 7].any()
+    # a user's segment changes that user's scores
+    model.fields.user.codes[2, 1] = model.fields.user.codes[3, 1]
+    third = model.score_batch({"user": users})
+    assert ((third - after).abs()[1] > 1e-7).all() and torch.equal(third[[0, 2]], after[[0, 2]])
+    # the tower input is the concatenation of the id and feature embeddings
+    table = model.fields.table[:, :-1]
+    codes = model.fields.user.codes[torch.tensor([5])]
+    expected = model.user_tower(table[codes].flatten(-2))
+    torch.testing.assert_close(model.user_vectors(torch.tensor([5])), expected)
+
+
+def test_dssm_without_features_fails_in_one_line():
+    from recstudio.data.dataset import FeatureTable
+
+    data = planted_data()
+    data.user_features, data.item_features = FeatureTable(), FeatureTable()
+    with pytest.raises(ModelError, match=r"DSSM needs user or item side features") as info:
+        build("DSSM", data=data)
+    assert "\n" not in str(info.value)

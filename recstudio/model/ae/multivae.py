@@ -22,20 +22,8 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TowerFreeRecommender
 from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.layers import tanh_mlp
 from recstudio.model.registry import register
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with tanh between them (none after the last), Xavier weights as the paper."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = nn.Linear(a, b)
-        nn.init.xavier_normal_(linear.weight)
-        nn.init.normal_(linear.bias, std=0.001)
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
 
 
 @register
@@ -91,8 +79,8 @@ class MultiVAE(TowerFreeRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         dims = [data.num_items, *config.hidden_dims, config.latent_dim]
-        self.encoder = _mlp([*dims[:-1], 2 * config.latent_dim])
-        self.decoder = _mlp(dims[::-1])
+        self.encoder = tanh_mlp([*dims[:-1], 2 * config.latent_dim])
+        self.decoder = tanh_mlp(dims[::-1])
         self.drop = nn.Dropout(config.dropout)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
         self.last_kl_weight = 0.0
