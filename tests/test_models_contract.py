@@ -38,6 +38,7 @@ FAST = {
     "LogisticMF": {"learning_rate": 1e-2, "batch_size": 256},
     "PMF": {"learning_rate": 1e-2, "batch_size": 256},
     "DSSM": {"learning_rate": 5e-3, "batch_size": 256},
+    "IRGAN": {"learning_rate": 1e-2, "batch_size": 256},
     "LightGCN": {"learning_rate": 1e-2, "batch_size": 256},
     "GRU4Rec": {"learning_rate": 5e-3, "batch_size": 64, "model.max_seq_len": 20},
     "CKE": {"learning_rate": 1e-2, "batch_size": 256},

@@ -217,3 +217,38 @@ def test_dssm_without_features_fails_in_one_line():
     with pytest.raises(ModelError, match=r"DSSM needs user or item side features") as info:
         build("DSSM", data=data)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- IRGAN
+
+
+def test_irgan_generator_samples_from_its_softmax():
+    torch.manual_seed(0)
+    model, data = build("IRGAN", init_std=0.3, temperature=0.5)
+    users = torch.tensor([3, 4])
+    probs = model.generator_probs(users)
+    g, b = model.gen_user.weight, model.gen_item.weight
+    logits = (g[users] @ b.T + model.gen_bias[:, 0]) / 0.5
+    logits[:, 0] = -torch.inf
+    torch.testing.assert_close(probs, torch.softmax(logits, dim=1))
+    assert float(probs.detach()[:, 0].max()) == 0.0
+    draws = model.generate(users.repeat_interleave(20000), 1).view(2, 20000)
+    for row in range(2):
+        freq = torch.bincount(draws[row], minlength=data.num_items).float() / 20000
+        assert float((freq - probs[row].detach()).abs().max()) < 0.01
+    # the generator ranks (the paper's choice): scores are its logits up to the temperature
+    scores = model.score_batch({"user": users})
+    torch.testing.assert_close(scores[:, 1:] / 0.5, logits[:, 1:].detach())
+
+
+def test_irgan_players_step_their_own_optimizers():
+    model, data = build("IRGAN")
+    groups = model.optimizer_groups()
+    assert set(groups) == {"main", "generator"}
+    batch = {"user": data.train.user[:32], "item": data.train.item[:32]}
+    model.training_loss(batch).backward()
+    assert model.gen_user.weight.grad is None and model.dis_user.weight.grad is not None
+    model.zero_grad()
+    model.generator_loss(batch).backward()
+    assert model.dis_user.weight.grad is None or not model.dis_user.weight.grad.any()
+    assert model.gen_user.weight.grad is not None
