@@ -20,6 +20,10 @@ guesses (there is no "does the config happen to have a ``max_seq_len``").
   ``"social"``); a dataset without them fails in one line before anything is built.
 - ``labelled``: the model trains on labelled rows (every row kept, a 0/1 label from the data's
   label rule) and is judged pointwise (AUC, GAUC, log loss) unless the config asks otherwise.
+- ``ratings``: the model trains on the raw rating values (``rating`` of the ``triplet`` and
+  ``pointwise`` batches; the model's config layer turns ``data.binarize`` off) and is also judged
+  on them: RMSE and MAE of ``score_pairs`` on the valid/test rows. A dataset without ratings
+  fails in one line when the model is built.
 - ``eval_sequence``: evaluation batches carry each user's last L history items (``seq``,
   ``seq_len``), for sequential models.
 - ``optimizers``: the optimizer names the inputs step, derived from ``inputs``;
@@ -69,6 +73,7 @@ class DataContract:
     parts: tuple[str, ...] = ()
     labelled: bool = False
     eval_sequence: int | None = None
+    ratings: bool = False
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -116,10 +116,17 @@ class BPRLoss(SampledLoss):
 class BCELoss(SampledLoss):
     """Binary cross-entropy, positives labelled 1 and sampled negatives 0.
 
-    L = -log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
-    between the two terms does not depend on K).
-    Reference: He et al., "Neural Collaborative Filtering" (WWW 2017).
+    L = -c log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
+    between the two terms does not depend on K), with the positive's confidence weight c
+    (``positive_weight``, default 1: the plain log loss).
+    References: He et al., "Neural Collaborative Filtering" (WWW 2017); the weight c is the
+    confidence alpha of Johnson, "Logistic Matrix Factorization for Implicit Feedback Data"
+    (NIPS 2014 workshop).
     """
+
+    def __init__(self, positive_weight: float = 1.0) -> None:
+        super().__init__()
+        self.positive_weight = positive_weight
 
     def forward(
         self,
@@ -128,7 +135,10 @@ class BCELoss(SampledLoss):
         log_q_pos: torch.Tensor | None = None,
         log_q_neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return (-F.logsigmoid(pos) - F.logsigmoid(-neg).mean(-1)).mean()
+        pos_term = -F.logsigmoid(pos)
+        if self.positive_weight != 1.0:
+            pos_term = self.positive_weight * pos_term
+        return (pos_term - F.logsigmoid(-neg).mean(-1)).mean()
 
 
 class HingeLoss(SampledLoss):
@@ -284,6 +294,33 @@ def whole_data_square_loss(
     return negative_weight * all_pairs + ((1.0 - negative_weight) * pos.square() - 2.0 * pos).sum()
 
 
+class CosineContrastiveLoss(SampledLoss):
+    """Cosine contrastive loss (CCL) over cosine scores in [-1, 1].
+
+    L = max(0, 1 - s_pos) + w * (1/K) sum_k max(0, s_k - margin): the positive is pulled to
+    cosine 1, and only negatives more similar than ``margin`` are pushed away (the others are
+    uninformative and filtered out), their mean weighted by ``negative_weight`` w. Meant for the
+    cosine scorer (any item-tower model: ``--set model.loss=ccl model.scorer=cosine``).
+    Reference: Mao et al., "SimpleX: A Simple and Strong Baseline for Collaborative Filtering"
+    (CIKM 2021), eq. 3 (w/N sum_k = w * mean_k).
+    """
+
+    def __init__(self, margin: float = 0.9, negative_weight: float = 1.0) -> None:
+        super().__init__()
+        self.margin = margin
+        self.negative_weight = negative_weight
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        neg_term = F.relu(neg - self.margin).mean(-1)
+        return (F.relu(1.0 - pos) + self.negative_weight * neg_term).mean()
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
@@ -294,6 +331,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "infonce": InfoNCELoss,
     "wrmf": WeightedSquareLoss,
     "pris": PRISLoss,
+    "ccl": CosineContrastiveLoss,
 }
 
 

@@ -13,6 +13,8 @@ everywhere else (CUDA, no compiler) models run the generic autograd formula of t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,21 @@ class Embedding(nn.Embedding):
         if self.sparse or self.max_norm is not None:
             return super().forward(index)
         return gather_rows(self.weight, index, self.padding_idx)
+
+
+def user_item_embeddings(data: Any, dim: int, std: float | None = None) -> tuple[Embedding, Embedding]:
+    """A user and an item ``Embedding`` table of ``data`` (a PreparedData: ``num_users``,
+    ``num_items``; padding row 0 zero), initialised N(0, std^2), or Xavier normal when ``std`` is
+    None: the two id tables of the matrix-factorisation models."""
+    tables = (Embedding(data.num_users, dim, padding_idx=0), Embedding(data.num_items, dim, padding_idx=0))
+    for table in tables:
+        if std is None:
+            nn.init.xavier_normal_(table.weight)
+        else:
+            nn.init.normal_(table.weight, std=std)
+        with torch.no_grad():
+            table.weight[0].zero_()
+    return tables
 
 
 def sum_squared_rows(

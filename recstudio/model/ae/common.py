@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recstudio.model.base import TowerFreeRecommender
 from recstudio.model.contract import DataContract, TrainInput
@@ -54,20 +53,6 @@ def normalized_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tenso
     """The autoencoders' input: each row L2-normalised, then dropped out with rate ``p`` while
     training (inverted dropout, ``recstudio.model.layers.dropout``)."""
     return dropout(F.normalize(x, dim=1), p, training)
-
-
-def tanh_mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with tanh between them (none after the
-    last), Xavier-normal weights and N(0, 0.001^2) biases as in Liang et al.'s code."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = nn.Linear(a, b)
-        nn.init.xavier_normal_(linear.weight)
-        nn.init.normal_(linear.bias, std=0.001)
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
 
 
 def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

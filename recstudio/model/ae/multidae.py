@@ -31,8 +31,8 @@ from recstudio.model.ae.common import (
     history_input,
     multinomial_nll,
     normalized_dropout,
-    tanh_mlp,
 )
+from recstudio.model.layers import tanh_mlp
 from recstudio.model.registry import register
 
 

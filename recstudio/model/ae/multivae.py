@@ -29,8 +29,8 @@ from recstudio.model.ae.common import (
     multinomial_nll,
     normalized_dropout,
     reparameterize,
-    tanh_mlp,
 )
+from recstudio.model.layers import tanh_mlp
 from recstudio.model.registry import register
 
 
