@@ -262,6 +262,16 @@ class LowRankBipartite(nn.Module):
         return torch.cat([(self.u * self.s) @ (self.v.T @ x_i), (self.v * self.s) @ (self.u.T @ x_u)])
 
 
+def constraint_betas(row_degree: torch.Tensor, col_degree: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """UltraGCN's constraint coefficients (Mao et al., CIKM 2021, eq. 6) as row and column
+    factors, beta_ij = beta_row[i] * beta_col[j] = sqrt(d_i + 1) / d_i * 1 / sqrt(d_j + 1),
+    the limit of infinitely many graph-convolution layers; rows of degree 0 get 0."""
+    row_degree, col_degree = row_degree.float(), col_degree.float()
+    beta_row = (row_degree + 1).sqrt() / row_degree.clamp_min(1)
+    beta_row = torch.where(row_degree > 0, beta_row, torch.zeros_like(beta_row))
+    return beta_row, (col_degree + 1).rsqrt()
+
+
 def item_item_topk(
     user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +288,7 @@ def item_item_topk(
     u, i = key // num_items, key % num_items
     user_degree = torch.bincount(u, minlength=num_users).float()
     g = torch.zeros(num_items).index_add_(0, i, user_degree[u])  # g_i = sum_{u in N(i)} d_u
-    beta_row = torch.where(g > 0, (g + 1).sqrt() / g.clamp_min(1), torch.zeros_like(g))
-    beta_col = (g + 1).rsqrt()
+    beta_row, beta_col = constraint_betas(g, g)
     k = min(k, num_items)
     items_by_users = SparseMatrix(i, u, torch.ones(i.shape[0]), (num_items, num_users))  # R^T
     block = max(1, (1 << 24) // max(1, num_items))

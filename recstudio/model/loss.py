@@ -257,6 +257,27 @@ class PRISLoss(SampledLoss):
         return -(weight * F.logsigmoid(pos.unsqueeze(-1) - neg)).sum(-1).mean()
 
 
+def constraint_bce_loss(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    pos_weight: torch.Tensor,
+    neg_weight: torch.Tensor,
+    negative_weight: float = 1.0,
+) -> torch.Tensor:
+    """UltraGCN's weighted binary cross-entropy over a batch (Mao et al., "UltraGCN: Ultra
+    Simplification of Graph Convolutional Networks for Recommendation", CIKM 2021, eq. 12):
+
+    L = sum_n [ -w_pos log sigmoid(s_pos) - negative_weight * (1/K) sum_k w_k log sigmoid(-s_k) ]
+
+    with per-pair weights ``pos_weight`` [N] and ``neg_weight`` [N, K] (w1 + w2 beta_ui and
+    w3 + w4 beta_uj: the constraint loss L_C and the base BCE L_O in one). Summed over the batch,
+    not averaged, as in the authors' code (their gamma and lambda weigh terms against this sum).
+    """
+    pos_term = -pos_weight * F.logsigmoid(pos)
+    neg_term = -(neg_weight * F.logsigmoid(-neg)).mean(-1)
+    return (pos_term + negative_weight * neg_term).sum()
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
