@@ -278,6 +278,28 @@ def constraint_bce_loss(
     return (pos_term + negative_weight * neg_term).sum()
 
 
+def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Sample distance correlation dCor(x, y) of paired rows x [n, p], y [n, q] (Szekely, Rizzo
+    & Bakirov, "Measuring and testing dependence by correlation of distances", Ann. Statist.
+    2007): 0 iff independent in the population limit, so it serves as an independence penalty
+    (DGCF's intent independence, Wang et al., SIGIR 2020, eq. 12).
+
+    With a_jk = |x_j - x_k| double-centred (row, column and grand means removed), b likewise,
+    dCov^2(x, y) = mean(a * b) and dCor = dCov(x, y) / sqrt(dCov(x, x) dCov(y, y)). ``eps``
+    keeps the square roots differentiable at 0 (as the authors' code does)."""
+
+    def centred(z: torch.Tensor) -> torch.Tensor:
+        r = z.square().sum(1, keepdim=True)
+        d = (r - 2 * z @ z.T + r.T).clamp_min(0.0).add(eps).sqrt()
+        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+    def dcov(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a * b).mean().clamp_min(0.0) + eps).sqrt()
+
+    a, b = centred(x), centred(y)
+    return dcov(a, b) / ((dcov(a, a) * dcov(b, b)).clamp_min(0.0).sqrt() + 1e-10)
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,

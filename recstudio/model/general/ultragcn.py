@@ -22,9 +22,12 @@ matmul of the two tables, like MF.
 Defaults: the authors' ml-1m configuration (their repository's ``ultragcn_m1.ini``) with
 embedding 64: w1 = 1e-7, w2 = 1, w3 = 1e-7, w4 = 1, 200 negatives with negative_weight 200,
 gamma 1e-4, lambda 1e-3, 10 item neighbours, N(0, 1e-4^2) initialisation, learning rate 1e-3,
-batch 1024. RecBole 1.2.1 has no UltraGCN. Departures, on purpose: negatives exclude the user's
-training items (the project's default; the authors' ``sampling_sift_pos`` is off); the item–item
-neighbours keep G's diagonal, as the authors' code does (``ii_diagonal_zero=False``).
+batch 1024; negatives are drawn uniformly from all items, positives included, as in the authors'
+code (``sampling_sift_pos = no``; ``exclude_positives`` turns the project's exclusion on); the
+item–item neighbours keep G's diagonal, as the authors' code does (``ii_diagonal_zero=False``).
+RecBole 1.2.1 has no UltraGCN. Departure, on purpose: none in the formulas; the scores of a
+step's negatives come from one [batch, items] matmul where the catalogue is small
+(``candidate_scores``), the same values as the authors' gather.
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ class UltraGCN(TwoTowerRecommender):
         """Weight of the item–item constraint loss L_I (authors' ml-1m: 1e-3)."""
         ii_neighbors: int = 10
         """Item–item neighbours kept per item (authors': 10); 0 turns L_I off."""
-        exclude_positives: bool = True
-        """Never draw one of the user's training items as its negative (project default)."""
+        exclude_positives: bool = False
+        """Never draw one of the user's training items as its negative. Off, as in the authors'
+        code (``sampling_sift_pos = no``): 200 draws per positive are the step's largest cost
+        after the scores, and the rejection of positives doubles it."""
         init_std: float = 1e-4
         """Standard deviation of the normal initialisation (authors' initial_weight: 1e-4)."""
 
@@ -155,18 +160,34 @@ class UltraGCN(TwoTowerRecommender):
         neg = self.sampler.sample_ids(pos.shape[0], c.num_negatives, users=users)
         query = self.user_emb(users)  # [N, d]
         pos_score = (query * self.item_emb(pos)).sum(-1)
-        neg_score = torch.bmm(self.item_emb(neg), query.unsqueeze(-1)).squeeze(-1)  # [N, K]
+        ii = self.ii_neighbours[pos] if c.lambda_ > 0 and c.ii_neighbors > 0 else None
+        neg_score, ii_score = self.candidate_scores(query, neg, ii)
         beta_u = self.beta_user[users]
         pos_weight = c.w1 + c.w2 * beta_u * self.beta_item[pos]
         neg_weight = c.w3 + c.w4 * beta_u[:, None] * self.beta_item[neg]
         loss = constraint_bce_loss(pos_score, neg_score, pos_weight, neg_weight, c.negative_weight)
         if c.gamma > 0:
             loss = loss + c.gamma / 2 * (self.user_emb.weight.square().sum() + self.item_emb.weight.square().sum())
-        if c.lambda_ > 0 and c.ii_neighbors > 0:
-            neighbours = gather_rows(self.item_emb.weight, self.ii_neighbours[pos])  # [N, k, d]
-            scores = torch.bmm(neighbours, query.unsqueeze(-1)).squeeze(-1)
-            loss = loss - c.lambda_ * (self.ii_weights[pos] * F.logsigmoid(scores)).sum()
+        if ii_score is not None:
+            loss = loss - c.lambda_ * (self.ii_weights[pos] * F.logsigmoid(ii_score)).sum()
         return loss
+
+    def candidate_scores(
+        self, query: torch.Tensor, neg: torch.Tensor, ii: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores of the queries [N, d] against their negatives [N, K] and item neighbours
+        [N, k]. Where the catalogue is small against K (ml-100k: 1,682 items, K = 200) one
+        [N, num_items] matmul and a gather beat gathering N x K item rows (a memory-bound
+        [N, K, d] copy and its scatter backward: 0.9 s against ~0.1 s per step of 1024 on the
+        2-core CPU); on large catalogues the rows are gathered."""
+        if self.num_items <= 32 * neg.shape[1]:
+            full = query @ self.item_emb.weight.T
+            return full.gather(1, neg), (None if ii is None else full.gather(1, ii))
+
+        def rows(ids: torch.Tensor) -> torch.Tensor:
+            return (gather_rows(self.item_emb.weight, ids) * query.unsqueeze(1)).sum(-1)
+
+        return rows(neg), (None if ii is None else rows(ii))
 
     def extra_repr(self) -> str:
         c = self.config
