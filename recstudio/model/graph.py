@@ -163,7 +163,9 @@ class SparseMatrix(nn.Module):
         """M as a sparse CSR tensor on the buffers' device."""
         return self._assemble(self.crow, self.col, self.value, self.shape, dtype)
 
-    def transposed(self, dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None) -> torch.Tensor:
+    def transposed(
+        self, dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """M^T as a sparse CSR tensor (M itself when symmetric); with ``value`` (entries in M's
         CSR order, see ``forward``) the transpose of that matrix."""
         if value is not None:
@@ -241,7 +243,9 @@ class LowRankBipartite(nn.Module):
     Cai et al., ICLR 2023). Computed once from the training interactions; the factors are
     non-persistent buffers (rebuilt from the data, moved with the model)."""
 
-    def __init__(self, user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int, rank: int) -> None:
+    def __init__(
+        self, user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int, rank: int
+    ) -> None:
         super().__init__()
         if not 1 <= rank <= min(num_users, num_items):
             raise ValueError(f"rank must be in 1..{min(num_users, num_items)}, got {rank}")
@@ -273,7 +277,12 @@ def constraint_betas(row_degree: torch.Tensor, col_degree: torch.Tensor) -> tupl
 
 
 def item_item_topk(
-    user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int, k: int
+    user: torch.Tensor,
+    item: torch.Tensor,
+    num_users: int,
+    num_items: int,
+    k: int,
+    block_elements: int = 1 << 24,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """UltraGCN's item–item constraint graph (Mao et al., CIKM 2021, section 3.3): with the
     co-occurrence counts G = R^T R (diagonal kept, as in the authors' code) and g_i = sum_j G_ij,
@@ -282,7 +291,8 @@ def item_item_topk(
     without interactions (padding) have weight 0.
 
     Tensor code over blocks of items: G's rows for a block are R^T times the block's dense
-    columns of R (a sparse product), so memory stays at num_items x block, not num_items^2.
+    columns of R (a sparse product), so memory stays at ``block_elements`` (num_items x block),
+    not num_items^2.
     """
     key = torch.unique(user.long().cpu() * num_items + item.long().cpu())
     u, i = key // num_items, key % num_items
@@ -291,7 +301,7 @@ def item_item_topk(
     beta_row, beta_col = constraint_betas(g, g)
     k = min(k, num_items)
     items_by_users = SparseMatrix(i, u, torch.ones(i.shape[0]), (num_items, num_users))  # R^T
-    block = max(1, (1 << 24) // max(1, num_items))
+    block = max(1, block_elements // max(1, num_items))
     neighbours = torch.empty(num_items, k, dtype=torch.long)
     weights = torch.empty(num_items, k)
     for start in range(0, num_items, block):

@@ -44,7 +44,9 @@ from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
-def intent_weights(logits: torch.Tensor, row: torch.Tensor, col: torch.Tensor, num_nodes: int) -> torch.Tensor:
+def intent_weights(
+    logits: torch.Tensor, row: torch.Tensor, col: torch.Tensor, num_nodes: int
+) -> torch.Tensor:
     """[E, K] edge weights of the K intent graphs: D_k^-1/2 softmax_k(logits) D_k^-1/2.
     (The softmax over the K intents is written out: ``torch.softmax`` over a dimension of 4
     took 40 ms for ml-100k's edges on the 2-core CPU, these four passes a few.)"""
@@ -227,4 +229,3 @@ class DGCF(PropagatedTwoTower):
     def extra_repr(self) -> str:
         c = self.config
         return f"factors={c.num_factors}, iterations={c.num_iterations}, layers={c.num_layers}"
-

@@ -47,8 +47,7 @@ class LightGCL(PropagatedTwoTower):
 
     family: ClassVar[str] = "general"
     description: ClassVar[str] = (
-        "LightGCN with contrastive learning against an SVD-reconstructed graph view "
-        "(Cai et al., ICLR 2023)."
+        "LightGCN with contrastive learning against an SVD-reconstructed graph view (Cai et al., ICLR 2023)."
     )
 
     @dataclass
@@ -147,7 +146,9 @@ class LightGCL(PropagatedTwoTower):
             cl = cl + self.contrastive_loss(item_table, svd[self.num_users :], torch.unique(scored))
             loss = loss + c.cl_weight * cl
         if c.reg_weight > 0:
-            loss = loss + c.reg_weight * (self.user_emb.weight.square().sum() + self.item_emb.weight.square().sum())
+            loss = loss + c.reg_weight * (
+                self.user_emb.weight.square().sum() + self.item_emb.weight.square().sum()
+            )
         return loss
 
     def extra_repr(self) -> str:

@@ -167,7 +167,9 @@ class UltraGCN(TwoTowerRecommender):
         neg_weight = c.w3 + c.w4 * beta_u[:, None] * self.beta_item[neg]
         loss = constraint_bce_loss(pos_score, neg_score, pos_weight, neg_weight, c.negative_weight)
         if c.gamma > 0:
-            loss = loss + c.gamma / 2 * (self.user_emb.weight.square().sum() + self.item_emb.weight.square().sum())
+            loss = loss + c.gamma / 2 * (
+                self.user_emb.weight.square().sum() + self.item_emb.weight.square().sum()
+            )
         if ii_score is not None:
             loss = loss - c.lambda_ * (self.ii_weights[pos] * F.logsigmoid(ii_score)).sum()
         return loss
