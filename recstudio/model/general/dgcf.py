@@ -39,7 +39,7 @@ from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.graph import PropagatedTwoTower, SparseMatrix, bipartite_edges, symmetric_norm
 from recstudio.model.loss import distance_correlation
-from recstudio.model.ops import Embedding
+from recstudio.model.ops import user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -172,12 +172,9 @@ class DGCF(PropagatedTwoTower):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.xavier_normal_(table.weight)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_tables(
+            data.num_users, data.num_items, d, nn.init.xavier_normal_
+        )
         train = data.positives("train")
         row, col = bipartite_edges(train.user, train.item, data.num_users, data.num_items)
         n = data.num_users + data.num_items

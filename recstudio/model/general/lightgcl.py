@@ -36,7 +36,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.graph import LowRankBipartite, PropagatedTwoTower, normalized_adjacency
 from recstudio.model.loss import FullSoftmaxLoss
-from recstudio.model.ops import Embedding, gather_rows
+from recstudio.model.ops import gather_rows, user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -96,12 +96,9 @@ class LightGCL(PropagatedTwoTower):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.xavier_uniform_(table.weight)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_tables(
+            data.num_users, data.num_items, d, nn.init.xavier_uniform_
+        )
         train = data.positives("train")
         self.adjacency = normalized_adjacency(train.user, train.item, data.num_users, data.num_items)
         rank = min(config.rank, data.num_users, data.num_items)

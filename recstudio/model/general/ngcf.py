@@ -35,7 +35,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.graph import PropagatedTwoTower, normalized_adjacency
-from recstudio.model.ops import Embedding
+from recstudio.model.ops import user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -111,12 +111,9 @@ class NGCF(PropagatedTwoTower):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.xavier_normal_(table.weight)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_tables(
+            data.num_users, data.num_items, d, nn.init.xavier_normal_
+        )
         sizes = [d, *config.hidden_sizes]
         self.layers = nn.ModuleList(NGCFLayer(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         train = data.positives("train")

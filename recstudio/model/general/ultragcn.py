@@ -33,6 +33,7 @@ step's negatives come from one [batch, items] matmul where the catalogue is smal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -44,7 +45,7 @@ from recstudio.data.dataset import PreparedData
 from recstudio.model.base import TwoTowerRecommender
 from recstudio.model.graph import constraint_betas, item_item_topk
 from recstudio.model.loss import constraint_bce_loss
-from recstudio.model.ops import Embedding, gather_rows
+from recstudio.model.ops import gather_rows, user_item_tables
 from recstudio.model.registry import register
 from recstudio.model.sampler import UniformSampler
 from recstudio.model.scorer import InnerProductScorer
@@ -126,12 +127,9 @@ class UltraGCN(TwoTowerRecommender):
     ) -> None:
         super().__init__(config, data, train_config, eval_config)
         d = config.embed_dim
-        self.user_emb = Embedding(data.num_users, d, padding_idx=0)
-        self.item_emb = Embedding(data.num_items, d, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.normal_(table.weight, std=config.init_std)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.user_emb, self.item_emb = user_item_tables(
+            data.num_users, data.num_items, d, partial(nn.init.normal_, std=config.init_std)
+        )
         train = data.positives("train")
         key = torch.unique(train.user.long() * data.num_items + train.item.long())
         user, item = key // data.num_items, key % data.num_items
