@@ -16,6 +16,13 @@ user -> item mean aggregation. This module builds those matrices from edge lists
   symmetric).
 - ``normalized_adjacency``: LightGCN's D^-1/2 A D^-1/2 of the interaction graph as a
   ``SparseMatrix``; ``mean_of_layers``: LightGCN's propagation, the mean of A^k x for k = 0..K.
+- ``SparseMatrix.forward(x, value=...)`` / ``dropout(p)``: the same positions with other entries
+  (NGCF's node dropout, LightGCL's edge dropout, DGCF's per-intent weights), backward through the
+  matching transpose (``t_perm``). ``symmetric_norm`` also normalises [E, K] weightings at once.
+- ``LowRankBipartite``: the rank-q SVD of the normalised user–item block (LightGCL's view);
+  ``constraint_betas`` / ``item_item_topk``: UltraGCN's coefficients and item–item neighbours.
+- ``PropagatedTwoTower``: the base of models whose towers come out of one propagation (LightGCN,
+  NGCF, LightGCL, DGCF): one propagation per evaluation pass, LightGCN's BPR-Opt training step.
 
 Why CSR with a hand-written backward: on the project's 2-core CPU, two layers of propagation
 over the ml-100k graph (2,519 nodes, 132,026 edges, d = 64) forward and backward took
