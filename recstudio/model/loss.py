@@ -321,6 +321,49 @@ class CosineContrastiveLoss(SampledLoss):
         return (F.relu(1.0 - pos) + self.negative_weight * neg_term).mean()
 
 
+def constraint_bce_loss(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    pos_weight: torch.Tensor,
+    neg_weight: torch.Tensor,
+    negative_weight: float = 1.0,
+) -> torch.Tensor:
+    """UltraGCN's weighted binary cross-entropy over a batch (Mao et al., "UltraGCN: Ultra
+    Simplification of Graph Convolutional Networks for Recommendation", CIKM 2021, eq. 12):
+
+    L = sum_n [ -w_pos log sigmoid(s_pos) - negative_weight * (1/K) sum_k w_k log sigmoid(-s_k) ]
+
+    with per-pair weights ``pos_weight`` [N] and ``neg_weight`` [N, K] (w1 + w2 beta_ui and
+    w3 + w4 beta_uj: the constraint loss L_C and the base BCE L_O in one). Summed over the batch,
+    not averaged, as in the authors' code (their gamma and lambda weigh terms against this sum).
+    """
+    pos_term = -pos_weight * F.logsigmoid(pos)
+    neg_term = -(neg_weight * F.logsigmoid(-neg)).mean(-1)
+    return (pos_term + negative_weight * neg_term).sum()
+
+
+def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Sample distance correlation dCor(x, y) of paired rows x [n, p], y [n, q] (Szekely, Rizzo
+    & Bakirov, "Measuring and testing dependence by correlation of distances", Ann. Statist.
+    2007): 0 iff independent in the population limit, so it serves as an independence penalty
+    (DGCF's intent independence, Wang et al., SIGIR 2020, eq. 12).
+
+    With a_jk = |x_j - x_k| double-centred (row, column and grand means removed), b likewise,
+    dCov^2(x, y) = mean(a * b) and dCor = dCov(x, y) / sqrt(dCov(x, x) dCov(y, y)). ``eps``
+    keeps the square roots differentiable at 0 (as the authors' code does)."""
+
+    def centred(z: torch.Tensor) -> torch.Tensor:
+        r = z.square().sum(1, keepdim=True)
+        d = (r - 2 * z @ z.T + r.T).clamp_min(0.0).add(eps).sqrt()
+        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+    def dcov(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a * b).mean().clamp_min(0.0) + eps).sqrt()
+
+    a, b = centred(x), centred(y)
+    return dcov(a, b) / ((dcov(a, a) * dcov(b, b)).clamp_min(0.0).sqrt() + 1e-10)
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
