@@ -135,8 +135,14 @@ class LightGCN(TwoTowerRecommender):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Ranking loss of the propagated embeddings (one propagation for the whole batch) plus
         ``reg_weight`` times the squared layer-0 rows the loss scored, over the batch size."""
+        return self.propagated_ranking_loss(batch, *self.propagate())
+
+    def propagated_ranking_loss(
+        self, batch: dict[str, torch.Tensor], user_table: torch.Tensor, item_table: torch.Tensor
+    ) -> torch.Tensor:
+        """``training_loss`` on given final tables [num_users, d] / [num_items, d] (the graph
+        contrastive models score their own propagations with it)."""
         users, pos = batch["user"], batch["item"]
-        user_table, item_table = self.propagate()
         query = gather_rows(user_table, users)
         loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users, items=item_table)
         if self.config.reg_weight > 0:
