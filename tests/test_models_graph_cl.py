@@ -18,21 +18,12 @@ from recstudio.model.general.xsimgcl import XSimGCL
 from recstudio.model.graph import bipartite_edges, dropout_adjacency, layer_outputs, perturb
 from recstudio.model.loss import contrastive_loss, view_contrast
 from recstudio.testing import planted_data
+from tests.test_models_graph_seq import dense_normalized
 
 
 @pytest.fixture(scope="module")
 def small():
     return planted_data(num_users=40, num_items=30, min_len=6, max_len=14)
-
-
-def dense_normalized(user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
-    n = num_users + num_items
-    a = torch.zeros(n, n, dtype=torch.float64)
-    a[user, num_users + item] = 1.0
-    a[num_users + item, user] = 1.0
-    deg = a.sum(1)
-    d = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
-    return d[:, None] * a * d[None, :]
 
 
 def kept_edges(adj, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:

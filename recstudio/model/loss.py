@@ -216,6 +216,7 @@ def contrastive_loss(
     candidates: torch.Tensor,
     temperature: float,
     target: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """InfoNCE over cosine similarities, the self-supervised loss of graph contrastive models
     (SGL, SimGCL, XSimGCL, NCL): with a_b = anchor_b / |anchor_b| and c_j likewise,
@@ -225,7 +226,8 @@ def contrastive_loss(
     positive among the candidates. Without ``target``, row b of ``candidates`` is the positive
     of anchor b (N = B): two views of the same B nodes, the other rows of the batch being the
     negatives (in-batch). With all nodes (or all prototypes) as candidates and their ids as
-    target, the negatives are the whole table (NCL). Returns the mean over the B anchors.
+    target, the negatives are the whole table (NCL). Returns the mean over the B anchors
+    (``reduction="none"``: the loss of each anchor, [B]).
     Reference: van den Oord et al. (2018); Chen et al., "A Simple Framework for Contrastive
     Learning of Visual Representations" (ICML 2020) for the cosine / temperature form.
     """
@@ -239,7 +241,7 @@ def contrastive_loss(
             )
         target = torch.arange(anchor.shape[0], device=anchor.device)
     logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
-    return F.cross_entropy(logits / temperature, target)
+    return F.cross_entropy(logits / temperature, target, reduction=reduction)
 
 
 def view_contrast(

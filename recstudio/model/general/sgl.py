@@ -89,9 +89,7 @@ class SGL(LightGCN):
                 )
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "num_layers": {"type": "int", "low": 1, "high": 4},
-        "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        **LightGCN.search_space,
         "augmentation": {"type": "categorical", "choices": list(AUGMENTATIONS)},
         "drop_ratio": {"type": "float", "low": 0.0, "high": 0.5},
         "ssl_temp": {"type": "float", "low": 0.05, "high": 1.0, "log": True},

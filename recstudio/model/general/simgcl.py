@@ -63,9 +63,7 @@ class SimGCL(LightGCN):
         """Weight lambda of the contrastive loss (paper on Yelp2018, RecBole-GNN: 0.5)."""
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "num_layers": {"type": "int", "low": 1, "high": 4},
-        "reg_weight": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        **LightGCN.search_space,
         "eps": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
         "ssl_temp": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
         "cl_weight": {"type": "float", "low": 1e-3, "high": 2.0, "log": True},
