@@ -171,7 +171,7 @@ def test_view_contrast_counts_each_node_once():
 
 def test_xsimgcl_contrasts_the_final_with_layer_l_in_one_propagation(small, monkeypatch):
     torch.manual_seed(0)
-    model = XSimGCL(XSimGCL.Config(embed_dim=8, num_layers=2, layer_cl=1), small, TrainConfig())
+    model = XSimGCL(XSimGCL.Config(embed_dim=8, num_layers=2, layer_cl=1, ssl_temp=0.2), small, TrainConfig())
     calls = []
     original = SimGCL.layers
 

@@ -11,8 +11,9 @@ How it runs: one propagation per training step and one per evaluation pass; the 
 noise and InfoNCE (``view_contrast``) are SimGCL's and SGL's shared code.
 
 Defaults: RecBole-GNN's XSimGCL.yaml (following the authors' SELFRec): 2 layers, eps 0.2,
-temperature 0.2, lambda 0.1, l* = 1, reg 1e-4, embedding 64 (the paper's Yelp2018 setting is
-lambda 0.2, tau 0.15).
+lambda 0.1, l* = 1, reg 1e-4, embedding 64 (the paper's Yelp2018 setting is lambda 0.2, tau
+0.15), except the temperature, 1.0 instead of 0.2 as SimGCL's: on ml-100k validation NDCG@10
+0.2 peaked at 0.092 (epoch 3) and fell; 1.0 climbed to 0.223 by epoch 74.
 
 Departures, on purpose: as SimGCL's (penalty convention, N(0, 0.1^2) initialisation).
 """
