@@ -15,7 +15,10 @@ user -> item mean aggregation. This module builds those matrices from edge lists
   [n_cols, d] tensor, with a backward through the stored transpose (the matrix itself when it is
   symmetric).
 - ``normalized_adjacency``: LightGCN's D^-1/2 A D^-1/2 of the interaction graph as a
-  ``SparseMatrix``; ``mean_of_layers``: LightGCN's propagation, the mean of A^k x for k = 0..K.
+  ``SparseMatrix``; ``mean_of_layers``: LightGCN's propagation, the mean of A^k x for k = 0..K;
+  ``layer_outputs``: the single layers, optionally with SimGCL's noise (``perturb``) per layer.
+- ``dropout_adjacency``: SGL's augmented views, the normalised adjacency of a random subgraph
+  (edge or node dropout), rebuilt as a new ``SparseMatrix`` once per epoch per view.
 - ``SparseMatrix.forward(x, value=...)`` / ``dropout(p)``: the same positions with other entries
   (NGCF's node dropout, LightGCL's edge dropout, DGCF's per-intent weights), backward through the
   matching transpose (``t_perm``). ``symmetric_norm`` also normalises [E, K] weightings at once.
@@ -34,6 +37,7 @@ every step). The forward alone: 0.65-1.1 ms CSR, 6.8-7.9 ms COO. (``benchmarks/R
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -232,6 +236,67 @@ def mean_of_layers(propagate: nn.Module, x: torch.Tensor, num_layers: int) -> to
     return total / (num_layers + 1)
 
 
+def layer_outputs(
+    propagate: nn.Module | Sequence[nn.Module], x: torch.Tensor, num_layers: int, noise_eps: float = 0.0
+) -> list[torch.Tensor]:
+    """The layers [x, A x, A^2 x, ..., A^K x] of a LightGCN-style propagation, for models that
+    combine or contrast single layers (SimGCL, XSimGCL, NCL). ``propagate`` is one operator, or
+    one per layer (SGL's random-walk views). With ``noise_eps > 0`` every propagated layer is
+    perturbed by ``perturb`` before the next one (SimGCL's noisy views)."""
+    layers, h = [x], x
+    for k in range(num_layers):
+        step = propagate[k] if isinstance(propagate, Sequence | nn.ModuleList) else propagate
+        h = step(h)
+        if noise_eps > 0:
+            h = perturb(h, noise_eps)
+        layers.append(h)
+    return layers
+
+
+def perturb(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """SimGCL's uniform noise (Yu et al., SIGIR 2022, eq. 7): ``x + eps * sign(x) * n / |n|``
+    with n ~ U(0, 1)^d per row: each row moves by exactly ``eps`` (L2), into the hyperoctant
+    of x, so the noise rotates an embedding by a small angle and never flips a coordinate."""
+    noise = torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
+    return x + eps * torch.sign(x) * noise
+
+
+def dropout_adjacency(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    num_users: int,
+    num_items: int,
+    ratio: float,
+    mode: str = "edge",
+    generator: torch.Generator | None = None,
+) -> SparseMatrix:
+    """SGL's augmented graph (Wu et al., SIGIR 2021, section 3.1): D^-1/2 A' D^-1/2 of a random
+    subgraph of the interaction graph, renormalised over what is kept, as a symmetric
+    ``SparseMatrix`` (nodes as in ``bipartite_edges``).
+
+    ``mode="edge"``: keep floor(E * (1 - ratio)) of the E distinct user–item edges, drawn
+    without replacement (a dropped edge goes in both directions). ``mode="node"``: drop
+    floor(num_users * ratio) users and floor(num_items * ratio) items with all their edges.
+    Tensor code on CPU (``generator`` draws the sample); move the result with ``.to(device)``.
+    """
+    if mode not in ("edge", "node"):
+        raise ValueError(f"mode must be 'edge' or 'node', got {mode!r}")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    row, col = bipartite_edges(user, item, num_users, num_items)
+    half = row.shape[0] // 2
+    user, item = row[:half], col[:half] - num_users  # each distinct edge once
+    if mode == "edge":
+        keep = torch.randperm(half, generator=generator)[: int(half * (1.0 - ratio))]
+    else:
+        dropped_users = torch.zeros(num_users, dtype=torch.bool)
+        dropped_users[torch.randperm(num_users, generator=generator)[: int(num_users * ratio)]] = True
+        dropped_items = torch.zeros(num_items, dtype=torch.bool)
+        dropped_items[torch.randperm(num_items, generator=generator)[: int(num_items * ratio)]] = True
+        keep = ~(dropped_users[user] | dropped_items[item])
+    return normalized_adjacency(user[keep], item[keep], num_users, num_items)
+
+
 def normalized_biadjacency(
     user: torch.Tensor, item: torch.Tensor, num_users: int, num_items: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -343,8 +408,18 @@ class PropagatedTwoTower(TwoTowerRecommender):
         return None
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        users, pos = batch["user"], batch["item"]
         user_table, item_table = self.propagate()
+        loss = self.propagated_ranking_loss(batch, user_table, item_table)
+        extra = self.auxiliary_loss(batch, user_table, item_table)
+        return loss if extra is None else loss + extra
+
+    def propagated_ranking_loss(
+        self, batch: dict[str, torch.Tensor], user_table: torch.Tensor, item_table: torch.Tensor
+    ) -> torch.Tensor:
+        """The ranking loss of final tables [num_users, d] / [num_items, d] plus the BPR-Opt
+        penalty on the layer-0 rows it scored (the graph contrastive models score their own
+        propagations with it)."""
+        users, pos = batch["user"], batch["item"]
         query = gather_rows(user_table, users)
         loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users, items=item_table)
         reg_weight = self.config.reg_weight
@@ -352,8 +427,7 @@ class PropagatedTwoTower(TwoTowerRecommender):
             reg = sum_squared_rows(self.user_emb.weight, users)
             reg = reg + sum_squared_rows(self.item_emb.weight, scored)
             loss = loss + reg_weight * reg / pos.shape[0]
-        extra = self.auxiliary_loss(batch, user_table, item_table)
-        return loss if extra is None else loss + extra
+        return loss
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -221,6 +221,54 @@ class InfoNCELoss(SampledLoss):
         return (torch.logsumexp(logits, -1) - logits[..., 0]).mean()
 
 
+def contrastive_loss(
+    anchor: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float,
+    target: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """InfoNCE over cosine similarities, the self-supervised loss of graph contrastive models
+    (SGL, SimGCL, XSimGCL, NCL): with a_b = anchor_b / |anchor_b| and c_j likewise,
+    L = mean_b [ -a_b.c_{t(b)} / t + log sum_j exp(a_b.c_j / t) ].
+
+    ``anchor`` [B, d], ``candidates`` [N, d]; ``target`` [B] is the index of each anchor's
+    positive among the candidates. Without ``target``, row b of ``candidates`` is the positive
+    of anchor b (N = B): two views of the same B nodes, the other rows of the batch being the
+    negatives (in-batch). With all nodes (or all prototypes) as candidates and their ids as
+    target, the negatives are the whole table (NCL). Returns the mean over the B anchors
+    (``reduction="none"``: the loss of each anchor, [B]).
+    Reference: van den Oord et al. (2018); Chen et al., "A Simple Framework for Contrastive
+    Learning of Visual Representations" (ICML 2020) for the cosine / temperature form.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"contrastive temperature must be > 0, got {temperature}")
+    if target is None:
+        if candidates.shape[0] != anchor.shape[0]:
+            raise ValueError(
+                f"without target, candidates must be the B rows of the second view, got "
+                f"{tuple(candidates.shape)} for anchors {tuple(anchor.shape)}"
+            )
+        target = torch.arange(anchor.shape[0], device=anchor.device)
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
+    return F.cross_entropy(logits / temperature, target, reduction=reduction)
+
+
+def view_contrast(
+    view1: tuple[torch.Tensor, torch.Tensor],
+    view2: tuple[torch.Tensor, torch.Tensor],
+    users: torch.Tensor,
+    items: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``contrastive_loss`` between two views (user table, item table) of the distinct
+    ``users`` plus that of the distinct ``items`` (each node once, so that a repeated node is
+    never its own negative): the in-batch contrast of SGL, SimGCL and XSimGCL."""
+    users, items = torch.unique(users), torch.unique(items)
+    user_loss = contrastive_loss(view1[0][users], view2[0][users], temperature)
+    return user_loss + contrastive_loss(view1[1][items], view2[1][items], temperature)
+
+
 class WeightedSquareLoss(SampledLoss):
     """Weighted square loss of implicit-feedback matrix factorisation (WRMF) on sampled items.
 
