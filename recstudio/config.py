@@ -362,8 +362,9 @@ def check_declared_ranges(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"config key '{prefix}.{key}'{each} {where} {text}, got {value!r}")
 
 
-def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad types are ConfigErrors."""
+def build_section(cls: type, values: dict[str, Any], prefix: str, owner: str | None = None) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad types are ConfigErrors.
+    ``owner`` (a model name) is named in the unknown-key error, with the keys it takes."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -373,7 +374,8 @@ def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{prefix}.{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}.{key}'{hint}")
+            where = f": model {owner} has no such option (its options: {', '.join(names) or 'none'})"
+            raise ConfigError(f"unknown config key '{prefix}.{key}'{hint}{where if owner else ''}")
         kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}")
     obj = cls(**kwargs)
     check_declared_ranges(obj, prefix)
@@ -444,7 +446,9 @@ def _resolve_bare_key(key: str, model_cls: type) -> str:
     for name in ("train", "data", "eval"):
         if key in section_field_names(SECTIONS[name]):
             return f"{name}.{key}"
-    raise ConfigError(f"unknown config key '{key}'")
+    raise ConfigError(
+        f"unknown config key '{key}': neither model {model_cls.__name__} nor train, data or eval has it"
+    )
 
 
 def read_config_files(config_files: list[str | Path] | tuple = ()) -> dict[str, Any]:
@@ -525,7 +529,7 @@ def resolve(
     cfg = ResolvedConfig(
         model_name=model_cls.__name__,
         dataset=str(dataset_name),
-        model=build_section(model_cls.Config, model_params, "model"),
+        model=build_section(model_cls.Config, model_params, "model", owner=model_cls.__name__),
         data=build_section(DataConfig, merged["data"], "data"),
         train=build_section(TrainConfig, merged["train"], "train"),
         eval=build_section(EvalConfig, merged["eval"], "eval"),

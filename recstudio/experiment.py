@@ -49,15 +49,18 @@ def model_data_layer(model_cls: type, model_config: Any, dataset_labels: str | N
     (``min_rating``) is lifted; it is judged pointwise, so its monitor is ``auc`` unless the
     model's own section defaults name one (a model that an option makes pointwise, such as
     ``FM`` with ``pointwise=true``, would otherwise keep the ranking monitor ``ndcg@10``, which
-    pointwise evaluation does not compute). Files and ``--set`` still override all of these."""
+    pointwise evaluation does not compute). A model whose contract asks for ``ratings`` keeps the
+    raw rating values (``data.binarize`` off). Files and ``--set`` still override all of these."""
     from recstudio.config import flatten
 
     contract = model_cls.data_contract(model_config)
-    if not contract.labelled:
-        return {}
     layer: dict[str, Any] = {}
+    if contract.ratings:  # a rating model (PMF) fits the raw values
+        layer["data"] = {"binarize": False}
+    if not contract.labelled:
+        return layer
     if dataset_labels:
-        layer["data"] = {"label": dataset_labels, "min_rating": None}
+        layer.setdefault("data", {}).update({"label": dataset_labels, "min_rating": None})
     if "train.monitor" not in flatten(getattr(model_cls, "default_overrides", {}) or {}):
         layer["train"] = {"monitor": "auc"}
     return layer

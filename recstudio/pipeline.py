@@ -457,7 +457,8 @@ def evaluation_plan(model: Any, data: Any, cfg: ResolvedConfig) -> Any:
     """The model's evaluation protocols and batches; the monitor must be one of its metrics."""
     from recstudio.eval.evaluation import EvalPlan
 
-    plan = EvalPlan(data, cfg.eval, model.data_needs.labelled, model.data_needs.eval_sequence)
+    needs = model.data_needs
+    plan = EvalPlan(data, cfg.eval, needs.labelled, needs.eval_sequence, rated_model=needs.ratings)
     model.evaluation = plan.evaluation()
     keys = model.evaluation.keys()
     if cfg.train.monitor not in keys:

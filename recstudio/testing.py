@@ -11,7 +11,7 @@ every model family. Users and items carry features (cluster segment, item group,
 feature-based models have fields to use.
 
 Optional relation parts carry the same cluster structure (``planted_data(kg=True, social=True,
-labels=True)``; all False gives exactly the default data):
+labels=True, ratings=True)``; all False gives exactly the default data):
 
 - ``kg``: item i is entity i; every item ``belongs_to`` its cluster's entity and
   ``has_attribute`` one of its cluster's attribute entities, each attribute is ``part_of`` its
@@ -24,6 +24,10 @@ labels=True)``; all False gives exactly the default data):
   leave-one-out rule (so the positives' split is today's, and valid/test hold one positive and
   one negative per user with at least three rows of each); one uninformative context field
   ``slot`` (codes 1..3) is added.
+- ``ratings``: explicit ratings instead of 1.0 (for rating models such as PMF): 4 or 5 stars on
+  the user's own cluster's items, 1 or 2 on other clusters' items (the walk's noise), and each
+  user's train split also holds ``disliked_per_user`` 1-2 star rows on other clusters' items
+  (valid and test keep the walk's rows, so the ranking targets are unchanged).
 """
 
 from __future__ import annotations
@@ -46,13 +50,15 @@ def planted_data(
     kg: bool = False,
     social: bool = False,
     labels: bool = False,
+    ratings: bool = False,
+    disliked_per_user: int = 6,
     kg_noise: float = 0.1,
     friends_per_user: int = 4,
     social_homophily: float = 0.9,
 ) -> PreparedData:
     """Build a small PreparedData with planted cluster and sequence structure (ids from 1).
 
-    ``kg``, ``social`` and ``labels`` add the relation parts and labels described in the module
+    ``kg``, ``social``, ``labels`` and ``ratings`` add the parts, labels and ratings described in the module
     docstring (drawn from their own random stream, so the interactions stay the same)."""
     g = torch.Generator().manual_seed(seed)
     items_per_cluster = num_items // num_clusters
@@ -108,7 +114,11 @@ def planted_data(
     if labels:
         parts = _planted_labels(parts, user, item, item_group, user_segment, num_clusters, extra_g)
         context_cardinality = {"slot": 4}
-    flags = [name for name, on in (("kg", kg), ("social", social), ("labels", labels)) if on]
+    if ratings:
+        parts = _planted_ratings(parts, item_group, user_segment, disliked_per_user, extra_g)
+    flags = [
+        name for name, on in (("kg", kg), ("social", social), ("labels", labels), ("ratings", ratings)) if on
+    ]
     return PreparedData(
         name="planted",
         num_users=num_users + 1,
@@ -191,6 +201,37 @@ def _planted_labels(
         )
         offset += n_p + n_n
         out.append(Interactions.concat([merged]))  # restores (user, time) order
+    return out
+
+
+def _planted_ratings(
+    parts: list[Interactions],
+    item_group: torch.Tensor,
+    user_segment: torch.Tensor,
+    disliked_per_user: int,
+    g: torch.Generator,
+) -> list[Interactions]:
+    """Star ratings for every split (4-5 in the user's cluster, 1-2 elsewhere) and 1-2 star train
+    rows on ``disliked_per_user`` other clusters' items per user (never one of its rows)."""
+
+    def stars(user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        liked = item_group[item] == user_segment[user]
+        return torch.where(liked, 4.0, 1.0) + (item % 2).float()
+
+    num_users, num_items = user_segment.numel() - 1, item_group.numel() - 1
+    keys = torch.rand(num_users + 1, num_items + 1, generator=g)
+    blocked = item_group[None, :] == user_segment[:, None]
+    blocked[:, 0] = True
+    for part in parts:
+        blocked[part.user, part.item] = True
+    keys[blocked] = 2.0
+    order = torch.argsort(keys, dim=1)[1:, :disliked_per_user]  # users 1..U
+    user = torch.arange(1, num_users + 1)[:, None].expand_as(order).reshape(-1)
+    item = order.reshape(-1)
+    time = -1.0 - torch.arange(disliked_per_user, dtype=torch.float64).repeat(num_users)
+    out = [Interactions(p.user, p.item, stars(p.user, p.item), p.time) for p in parts]
+    disliked = Interactions(user, item, stars(user, item), time)
+    out[0] = Interactions.concat([out[0], disliked])
     return out
 
 

@@ -206,6 +206,12 @@ class PreparedData:
         """True when the splits carry 0/1 labels (``data.label`` was set)."""
         return all(s.label is not None for s in (self.train, self.valid, self.test))
 
+    @property
+    def has_ratings(self) -> bool:
+        """True when the training rows carry rating values: some rating differs from 1.0 (the
+        value every row gets when the data is binarised or has no rating column)."""
+        return bool((self.train.rating != 1.0).any())
+
     def split(self, name: str) -> Interactions:
         if name not in ("train", "valid", "test"):
             raise ValueError(f"split must be train, valid or test, got {name!r}")

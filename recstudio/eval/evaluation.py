@@ -12,6 +12,9 @@ Two protocols share the pipeline and differ only in what they score:
 for the others; ``both`` runs both (a model that can rank all items and score rows), in which case
 the ranking AUC is reported as ``full_auc`` so that ``auc`` is the pointwise one.
 
+A rating model (``DataContract.ratings``) also gets the split's rated rows (``user``, ``item``,
+``rating``) scored by ``model.score_pairs`` and judged by RMSE and MAE, whatever the protocol.
+
 ``EvalPlan`` owns the split's batches (built once and reused every pass) and an ``Evaluation``
 that routes each batch to its evaluator: labelled rows carry ``label``, ranking blocks
 ``target_mask``.
@@ -29,7 +32,7 @@ import torch
 from recstudio.config import EvalConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError, DataError
-from recstudio.eval.pointwise import PointwiseEvaluator
+from recstudio.eval.pointwise import RATING_METRICS, PointwiseEvaluator
 from recstudio.eval.ranking import RankingEvaluator, build_eval_split
 
 PROTOCOLS = ("auto", "ranking", "pointwise", "both")
@@ -51,18 +54,26 @@ def active_protocols(protocol: str, labelled_model: bool) -> tuple[str, ...]:
 class Evaluation:
     """Routes evaluation batches to the protocols' evaluators and merges their metrics."""
 
-    def __init__(self, ranking: RankingEvaluator | None, pointwise: PointwiseEvaluator | None) -> None:
+    def __init__(
+        self,
+        ranking: RankingEvaluator | None,
+        pointwise: PointwiseEvaluator | None,
+        rating: PointwiseEvaluator | None = None,
+    ) -> None:
         self.ranking = ranking
         self.pointwise = pointwise
+        self.rating = rating
 
     def reset(self) -> None:
-        for evaluator in (self.ranking, self.pointwise):
+        for evaluator in (self.ranking, self.pointwise, self.rating):
             if evaluator is not None:
                 evaluator.reset()
 
     def update(self, model: Any, batch: dict[str, torch.Tensor]) -> None:
         if "label" in batch:
             self.pointwise.update(model.score_pairs(batch), batch)
+        elif "rating" in batch:
+            self.rating.update(model.score_pairs(batch), batch)
         else:
             self.ranking.update(model.score_batch(batch), batch)
 
@@ -74,6 +85,8 @@ class Evaluation:
             if "auc" in out:
                 out["full_auc"] = out.pop("auc")
             out.update(self.pointwise.compute())
+        if self.rating is not None:
+            out.update(self.rating.compute())
         return out
 
     def keys(self) -> list[str]:
@@ -83,6 +96,8 @@ class Evaluation:
             keys = list(self.ranking.keys) + (["auc"] if self.ranking.with_auc else [])
         if self.pointwise is not None:
             keys = ["full_auc" if k == "auc" else k for k in keys] + list(self.pointwise.metrics)
+        if self.rating is not None:
+            keys += list(self.rating.metrics)
         return keys
 
 
@@ -129,6 +144,12 @@ def labelled_rows(data: PreparedData, split: str) -> LabelledRows:
     return LabelledRows(columns)
 
 
+def rated_rows(data: PreparedData, split: str) -> LabelledRows:
+    """The rows of ``split`` with their rating values, for a rating model's RMSE and MAE."""
+    part = data.valid if split == "valid" else data.test
+    return LabelledRows({"user": part.user, "item": part.item, "rating": part.rating.float()})
+
+
 class EvalLoader:
     """The batches of one split for one rank: ranking blocks, then labelled-row blocks."""
 
@@ -157,11 +178,13 @@ class EvalPlan:
         eval_config: EvalConfig,
         labelled_model: bool,
         sequence_len: int | None = None,
+        rated_model: bool = False,
     ) -> None:
         self.data = data
         self.config = eval_config
         self.protocols = active_protocols(eval_config.protocol, labelled_model)
         self.sequence_len = sequence_len
+        self.rated_model = rated_model
 
     def evaluation(self) -> Evaluation:
         c = self.config
@@ -169,7 +192,8 @@ class EvalPlan:
             RankingEvaluator(c.metrics, c.cutoffs, c.mask_history) if "ranking" in self.protocols else None
         )
         pointwise = PointwiseEvaluator(c.pointwise_metrics) if "pointwise" in self.protocols else None
-        return Evaluation(ranking, pointwise)
+        rating = PointwiseEvaluator(RATING_METRICS, target="rating") if self.rated_model else None
+        return Evaluation(ranking, pointwise, rating)
 
     def has_split(self, split: str) -> bool:
         part = self.data.valid if split == "valid" else self.data.test
@@ -190,5 +214,8 @@ class EvalPlan:
             parts.append(eval_split.blocks(c.batch_size, rank, world_size))
         if "pointwise" in self.protocols:
             rows = labelled_rows(self.data, split)
+            parts.append(rows.blocks(c.batch_size * ROWS_PER_POINTWISE_BLOCK_FACTOR, rank, world_size))
+        if self.rated_model:
+            rows = rated_rows(self.data, split)
             parts.append(rows.blocks(c.batch_size * ROWS_PER_POINTWISE_BLOCK_FACTOR, rank, world_size))
         return EvalLoader(parts)

@@ -46,7 +46,7 @@ TOPK_METRICS: tuple[str, ...] = ("recall", "precision", "map", "ndcg", "mrr", "h
 ALL_METRICS: tuple[str, ...] = (*TOPK_METRICS, "auc")
 POINTWISE_METRICS: tuple[str, ...] = ("auc", "gauc", "logloss")
 """Metrics of labelled rows (``recstudio.eval.pointwise``); "auc" there is over the rows."""
-LOWER_IS_BETTER: frozenset[str] = frozenset({"logloss"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"logloss", "rmse", "mae"})
 
 
 def higher_is_better(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""Pointwise evaluation of labelled rows: AUC, GAUC and log loss, as tensor formulas.
+"""Pointwise evaluation of labelled rows: AUC, GAUC and log loss; of rated rows: RMSE and MAE.
 
 CTR ("ranker") models are judged on labelled rows (user, item, 0/1 label) of the validation and
 test splits, not by ranking the catalogue:
@@ -11,6 +11,9 @@ gauc        per-user AUC (the same formula within each user's rows), averaged wi
             the user's number of positive rows, over users with at least one positive and one
             negative row (RecBole's definition).
 logloss     mean binary cross-entropy of the logits against the labels (natural log).
+rmse        rating models (``DataContract.ratings``): sqrt(mean((prediction - rating)^2)) over
+            the split's rows, the prediction being ``score_pairs`` (PMF's predicted rating).
+mae         mean |prediction - rating| over the same rows.
 ==========  =================================================================================
 
 Rows accumulate per pass (the AUCs need every row); under DDP each rank's rows are gathered
@@ -27,12 +30,23 @@ import torch.nn.functional as F
 from recstudio.errors import ConfigError
 
 POINTWISE_METRICS = ("auc", "gauc", "logloss")
+RATING_METRICS = ("rmse", "mae")
 
 
 def log_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy of ``logits`` against 0/1 ``labels``: what pointwise models
     train on and the ``logloss`` metric, one formula."""
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def rmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root mean squared error: sqrt(mean((prediction - target)^2))."""
+    return (prediction.double() - target.double()).square().mean().sqrt()
+
+
+def mae(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error: mean(|prediction - target|)."""
+    return (prediction.double() - target.double()).abs().mean()
 
 
 def _average_ranks(sorted_values: torch.Tensor, group_start: torch.Tensor) -> torch.Tensor:
@@ -90,13 +104,19 @@ def gauc_from_rows(scores: torch.Tensor, labels: torch.Tensor, users: torch.Tens
 
 
 class PointwiseEvaluator:
-    """Accumulates (user, logit, label) of labelled rows; ``compute`` gives auc/gauc/logloss."""
+    """Accumulates (user, score, target) of evaluation rows; ``compute`` gives auc/gauc/logloss
+    against the batch's ``label`` (``target="label"``) or rmse/mae against its ``rating``
+    (``target="rating"``, rating models)."""
 
-    def __init__(self, metrics: list[str] | tuple[str, ...] = POINTWISE_METRICS) -> None:
-        unknown = [m for m in metrics if m not in POINTWISE_METRICS]
+    def __init__(
+        self, metrics: list[str] | tuple[str, ...] = POINTWISE_METRICS, target: str = "label"
+    ) -> None:
+        valid = {"label": POINTWISE_METRICS, "rating": RATING_METRICS}[target]
+        unknown = [m for m in metrics if m not in valid]
         if unknown:
-            raise ConfigError(f"unknown pointwise metric(s) {unknown}; valid: {', '.join(POINTWISE_METRICS)}")
+            raise ConfigError(f"unknown pointwise metric(s) {unknown}; valid: {', '.join(valid)}")
         self.metrics = list(dict.fromkeys(metrics))
+        self.target = target
         self.reset()
 
     def reset(self) -> None:
@@ -104,13 +124,14 @@ class PointwiseEvaluator:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Add one block of rows: ``logits`` [N] and the batch's ``label`` and ``user`` [N]."""
+        """Add one block of rows: ``logits`` [N] and the batch's target (``label`` or ``rating``)
+        and ``user`` [N]."""
         device = logits.device
         self._parts.append(
             (
                 batch["user"].to(device).long(),
                 logits.detach().float().reshape(-1),
-                batch["label"].to(device).float().reshape(-1),
+                batch[self.target].to(device).float().reshape(-1),
             )
         )
 
@@ -134,6 +155,9 @@ class PointwiseEvaluator:
             out["gauc"] = gauc_from_rows(logits, labels, users)
         if "logloss" in self.metrics:
             out["logloss"] = float(log_loss(logits, labels)) if labels.numel() else math.nan
+        for name, formula in (("rmse", rmse), ("mae", mae)):
+            if name in self.metrics:
+                out[name] = float(formula(logits, labels)) if labels.numel() else math.nan
         return out
 
 

@@ -172,7 +172,7 @@ class EvalBlocks:
         return batch
 
 
-def _last_items(indptr: torch.Tensor, items: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def last_items(indptr: torch.Tensor, items: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's last ``max_len`` items left-padded with 0, and their count: [U, L], [U]."""
     ends = indptr[1:]
     lengths = ends - indptr[:-1]
@@ -233,7 +233,7 @@ def build_eval_split(
     t_indptr, t_items = _subset_csr(t_indptr, t_items, users)
     seq = seq_len = None
     if max_seq_len is not None:
-        seq, seq_len = _last_items(h_indptr, h_items, max_seq_len)
+        seq, seq_len = last_items(h_indptr, h_items, max_seq_len)
     sampled = None
     if candidates:
         sampled = sample_candidates(data, users, split, candidates, candidate_sampler, candidate_seed)

@@ -42,7 +42,7 @@ from recstudio.errors import ConfigError, ModelError, NonFiniteLossError
 from recstudio.eval.metrics import higher_is_better
 from recstudio.model.contract import MAIN, DataContract
 from recstudio.model.loss import BCELoss, BPRLoss
-from recstudio.model.ops import gather_rows, sampled_inner_product_loss
+from recstudio.model.ops import gather_rows, sampled_inner_product_loss, sum_squared_rows
 from recstudio.model.scorer import InnerProductScorer
 
 _FUSED_KINDS: dict[type, str] = {BPRLoss: "bpr", BCELoss: "bce"}
@@ -83,6 +83,11 @@ class Recommender(pl.LightningModule):
             raise ModelError(
                 f"{type(self).__name__} needs the dataset's {' and '.join(_PART_NAMES[p] for p in missing)}, "
                 f"but dataset '{data.name}' has none loaded"
+            )
+        if self.data_needs.ratings and not data.has_ratings:
+            raise ModelError(
+                f"{type(self).__name__} needs rating values, but dataset '{data.name}' has none (no "
+                "rating column, or ratings binarised to 1: set data.binarize=false)"
             )
         self._epoch_loss_sum: torch.Tensor | None = None
         self._epoch_loss_count = 0
@@ -574,6 +579,8 @@ class ItemTowerRecommender(Recommender):
         if type(self.scorer) is not InnerProductScorer:
             return None
         kind = _FUSED_KINDS.get(type(self.loss_fn))
+        if getattr(self.loss_fn, "positive_weight", 1.0) != 1.0:  # the kernels weigh positives 1
+            return None
         if kind is None or query.dtype not in native.DTYPES or native.kernels() is None:
             return None
         return kind
@@ -622,6 +629,25 @@ class ItemTowerRecommender(Recommender):
             query, pos_items, neg_items, users, items
         )
         return self.loss_fn(pos_score, neg_score, log_q_pos=log_q_pos, log_q_neg=log_q_neg), candidates
+
+    def penalised_ranking_loss(
+        self,
+        query: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        reg_weight: float,
+        user_table: torch.Tensor,
+        item_table: torch.Tensor,
+    ) -> torch.Tensor:
+        """``ranking_loss`` of the batch's users (``query`` [N, d]), positives and (static or
+        sampled) negatives, plus ``reg_weight`` times the squared rows of ``user_table`` (the
+        batch's users) and ``item_table`` (the items the loss scored), over the batch size: the
+        BPR-Opt penalty of the rows a step used."""
+        users, pos = batch["user"], batch["item"]
+        loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users)
+        if reg_weight > 0:
+            reg = sum_squared_rows(user_table, users) + sum_squared_rows(item_table, scored)
+            loss = loss + reg_weight * reg / pos.shape[0]
+        return loss
 
 
 class TwoTowerRecommender(ItemTowerRecommender):

@@ -7,7 +7,8 @@ guesses (there is no "does the config happen to have a ``max_seq_len``").
 - ``inputs``: one or several training inputs, each a view of the prepared data (``triplet``,
   ``pointwise``, ``user``, ``seq``, ``seq2seq``, ``als``, ``kg``; see ``recstudio.data.views``)
   with its options. Input ``main`` feeds ``training_loss(batch)``; any other input ``x`` feeds
-  ``x_loss(batch)``, stepping the optimizer the input names.
+  ``x_loss(batch)`` (or the loss of the input its ``loss`` names), stepping the optimizer the
+  input names.
 - ``alternate``: how several inputs share an epoch. ``"zip"``: every step gets one batch of each
   input in one dict (the first input's keys as they are, the others' as ``"<name>.<key>"``), one
   loss, one optimizer step (CKE's joint CF + KG loss); the epoch is as long as the longest input
@@ -19,6 +20,10 @@ guesses (there is no "does the config happen to have a ``max_seq_len``").
   ``"social"``); a dataset without them fails in one line before anything is built.
 - ``labelled``: the model trains on labelled rows (every row kept, a 0/1 label from the data's
   label rule) and is judged pointwise (AUC, GAUC, log loss) unless the config asks otherwise.
+- ``ratings``: the model trains on the raw rating values (``rating`` of the ``triplet`` and
+  ``pointwise`` batches; the model's config layer turns ``data.binarize`` off) and is also judged
+  on them: RMSE and MAE of ``score_pairs`` on the valid/test rows. A dataset without ratings
+  fails in one line when the model is built.
 - ``eval_sequence``: evaluation batches carry each user's last L history items (``seq``,
   ``seq_len``), for sequential models.
 - ``optimizers``: the optimizer names the inputs step, derived from ``inputs``;
@@ -50,9 +55,13 @@ class TrainInput:
     """View options (e.g. ``max_len`` for sequence views, ``num_negatives`` for the kg view)."""
     batch_size: int | None = None
     """Batch size of this input; None: ``train.batch_size``."""
+    loss: str | None = None
+    """The input whose loss this one feeds (None: its own): several passes of one objective in an
+    epoch (RecVAE's three encoder passes) are inputs with their own names and one loss."""
 
     def loss_method(self) -> str:
-        return "training_loss" if self.name == MAIN else f"{self.name}_loss"
+        name = self.loss or self.name
+        return "training_loss" if name == MAIN else f"{name}_loss"
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class DataContract:
     parts: tuple[str, ...] = ()
     labelled: bool = False
     eval_sequence: int | None = None
+    ratings: bool = False
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -82,6 +82,21 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(sub.bias)
 
 
+def tanh_mlp(sizes: list[int], last_activation: bool = False) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with tanh between them (and after the last
+    with ``last_activation``), Xavier normal weights and N(0, 0.001^2) biases: the encoders of
+    MultiVAE (Liang et al.) and the towers of DSSM (Huang et al.)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.normal_(linear.bias, std=0.001)
+        layers.append(linear)
+        if last_activation or i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout; on CPU drawn from random bytes, several times faster than ``F.dropout``.
 

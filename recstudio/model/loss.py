@@ -116,10 +116,17 @@ class BPRLoss(SampledLoss):
 class BCELoss(SampledLoss):
     """Binary cross-entropy, positives labelled 1 and sampled negatives 0.
 
-    L = -log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
-    between the two terms does not depend on K).
-    Reference: He et al., "Neural Collaborative Filtering" (WWW 2017).
+    L = -c log sigmoid(s_pos) - (1/K) sum_k log sigmoid(-s_k) (negatives averaged, so the balance
+    between the two terms does not depend on K), with the positive's confidence weight c
+    (``positive_weight``, default 1: the plain log loss).
+    References: He et al., "Neural Collaborative Filtering" (WWW 2017); the weight c is the
+    confidence alpha of Johnson, "Logistic Matrix Factorization for Implicit Feedback Data"
+    (NIPS 2014 workshop).
     """
+
+    def __init__(self, positive_weight: float = 1.0) -> None:
+        super().__init__()
+        self.positive_weight = positive_weight
 
     def forward(
         self,
@@ -128,7 +135,10 @@ class BCELoss(SampledLoss):
         log_q_pos: torch.Tensor | None = None,
         log_q_neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return (-F.logsigmoid(pos) - F.logsigmoid(-neg).mean(-1)).mean()
+        pos_term = -F.logsigmoid(pos)
+        if self.positive_weight != 1.0:
+            pos_term = self.positive_weight * pos_term
+        return (pos_term - F.logsigmoid(-neg).mean(-1)).mean()
 
 
 class HingeLoss(SampledLoss):
@@ -211,6 +221,54 @@ class InfoNCELoss(SampledLoss):
         return (torch.logsumexp(logits, -1) - logits[..., 0]).mean()
 
 
+def contrastive_loss(
+    anchor: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float,
+    target: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """InfoNCE over cosine similarities, the self-supervised loss of graph contrastive models
+    (SGL, SimGCL, XSimGCL, NCL): with a_b = anchor_b / |anchor_b| and c_j likewise,
+    L = mean_b [ -a_b.c_{t(b)} / t + log sum_j exp(a_b.c_j / t) ].
+
+    ``anchor`` [B, d], ``candidates`` [N, d]; ``target`` [B] is the index of each anchor's
+    positive among the candidates. Without ``target``, row b of ``candidates`` is the positive
+    of anchor b (N = B): two views of the same B nodes, the other rows of the batch being the
+    negatives (in-batch). With all nodes (or all prototypes) as candidates and their ids as
+    target, the negatives are the whole table (NCL). Returns the mean over the B anchors
+    (``reduction="none"``: the loss of each anchor, [B]).
+    Reference: van den Oord et al. (2018); Chen et al., "A Simple Framework for Contrastive
+    Learning of Visual Representations" (ICML 2020) for the cosine / temperature form.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"contrastive temperature must be > 0, got {temperature}")
+    if target is None:
+        if candidates.shape[0] != anchor.shape[0]:
+            raise ValueError(
+                f"without target, candidates must be the B rows of the second view, got "
+                f"{tuple(candidates.shape)} for anchors {tuple(anchor.shape)}"
+            )
+        target = torch.arange(anchor.shape[0], device=anchor.device)
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
+    return F.cross_entropy(logits / temperature, target, reduction=reduction)
+
+
+def view_contrast(
+    view1: tuple[torch.Tensor, torch.Tensor],
+    view2: tuple[torch.Tensor, torch.Tensor],
+    users: torch.Tensor,
+    items: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``contrastive_loss`` between two views (user table, item table) of the distinct
+    ``users`` plus that of the distinct ``items`` (each node once, so that a repeated node is
+    never its own negative): the in-batch contrast of SGL, SimGCL and XSimGCL."""
+    users, items = torch.unique(users), torch.unique(items)
+    user_loss = contrastive_loss(view1[0][users], view2[0][users], temperature)
+    return user_loss + contrastive_loss(view1[1][items], view2[1][items], temperature)
+
+
 class WeightedSquareLoss(SampledLoss):
     """Weighted square loss of implicit-feedback matrix factorisation (WRMF) on sampled items.
 
@@ -257,6 +315,103 @@ class PRISLoss(SampledLoss):
         return -(weight * F.logsigmoid(pos.unsqueeze(-1) - neg)).sum(-1).mean()
 
 
+def whole_data_square_loss(
+    query: torch.Tensor,
+    items: torch.Tensor,
+    pos_rows: torch.Tensor,
+    pos_items: torch.Tensor,
+    negative_weight: float,
+) -> torch.Tensor:
+    """Weighted square loss over every (query, item) pair, without scoring every pair.
+
+    With inner-product scores s_qv = query_q . items_v, targets 1 on the observed pairs
+    (``query[pos_rows]``, ``items[pos_items]``) and 0 elsewhere, weight 1 on observed pairs and
+    ``negative_weight`` = c on the others, the whole-data loss over the batch's queries and every
+    item v >= 1 (id 0 is padding) is, up to the constant number of observed pairs,
+
+        L = sum_{(q,v) observed} ((1 - c) s_qv^2 - 2 s_qv) + c * sum_{i,j} (Q^T Q)_ij (V^T V)_ij,
+
+    the last term being ``c * sum_{q,v} s_qv^2`` computed from two d x d Gram matrices in
+    O((B + I) d^2) instead of O(B I d). A sum over the batch, not a mean. Reference: Chen et al.,
+    "Efficient Neural Matrix Factorization without Sampling for Recommendation" (TOIS 2020), whose
+    prediction layer h is folded into ``query`` (query = p_u * h).
+    """
+    pos = (query[pos_rows] * items[pos_items]).sum(-1)
+    table = items[1:]
+    all_pairs = ((query.T @ query) * (table.T @ table)).sum()
+    return negative_weight * all_pairs + ((1.0 - negative_weight) * pos.square() - 2.0 * pos).sum()
+
+
+class CosineContrastiveLoss(SampledLoss):
+    """Cosine contrastive loss (CCL) over cosine scores in [-1, 1].
+
+    L = max(0, 1 - s_pos) + w * (1/K) sum_k max(0, s_k - margin): the positive is pulled to
+    cosine 1, and only negatives more similar than ``margin`` are pushed away (the others are
+    uninformative and filtered out), their mean weighted by ``negative_weight`` w. Meant for the
+    cosine scorer (any item-tower model: ``--set model.loss=ccl model.scorer=cosine``).
+    Reference: Mao et al., "SimpleX: A Simple and Strong Baseline for Collaborative Filtering"
+    (CIKM 2021), eq. 3 (w/N sum_k = w * mean_k).
+    """
+
+    def __init__(self, margin: float = 0.9, negative_weight: float = 1.0) -> None:
+        super().__init__()
+        self.margin = margin
+        self.negative_weight = negative_weight
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        neg_term = F.relu(neg - self.margin).mean(-1)
+        return (F.relu(1.0 - pos) + self.negative_weight * neg_term).mean()
+
+
+def constraint_bce_loss(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    pos_weight: torch.Tensor,
+    neg_weight: torch.Tensor,
+    negative_weight: float = 1.0,
+) -> torch.Tensor:
+    """UltraGCN's weighted binary cross-entropy over a batch (Mao et al., "UltraGCN: Ultra
+    Simplification of Graph Convolutional Networks for Recommendation", CIKM 2021, eq. 12):
+
+    L = sum_n [ -w_pos log sigmoid(s_pos) - negative_weight * (1/K) sum_k w_k log sigmoid(-s_k) ]
+
+    with per-pair weights ``pos_weight`` [N] and ``neg_weight`` [N, K] (w1 + w2 beta_ui and
+    w3 + w4 beta_uj: the constraint loss L_C and the base BCE L_O in one). Summed over the batch,
+    not averaged, as in the authors' code (their gamma and lambda weigh terms against this sum).
+    """
+    pos_term = -pos_weight * F.logsigmoid(pos)
+    neg_term = -(neg_weight * F.logsigmoid(-neg)).mean(-1)
+    return (pos_term + negative_weight * neg_term).sum()
+
+
+def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Sample distance correlation dCor(x, y) of paired rows x [n, p], y [n, q] (Szekely, Rizzo
+    & Bakirov, "Measuring and testing dependence by correlation of distances", Ann. Statist.
+    2007): 0 iff independent in the population limit, so it serves as an independence penalty
+    (DGCF's intent independence, Wang et al., SIGIR 2020, eq. 12).
+
+    With a_jk = |x_j - x_k| double-centred (row, column and grand means removed), b likewise,
+    dCov^2(x, y) = mean(a * b) and dCor = dCov(x, y) / sqrt(dCov(x, x) dCov(y, y)). ``eps``
+    keeps the square roots differentiable at 0 (as the authors' code does)."""
+
+    def centred(z: torch.Tensor) -> torch.Tensor:
+        r = z.square().sum(1, keepdim=True)
+        d = (r - 2 * z @ z.T + r.T).clamp_min(0.0).add(eps).sqrt()
+        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+    def dcov(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a * b).mean().clamp_min(0.0) + eps).sqrt()
+
+    a, b = centred(x), centred(y)
+    return dcov(a, b) / ((dcov(a, a) * dcov(b, b)).clamp_min(0.0).sqrt() + 1e-10)
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
@@ -267,6 +422,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "infonce": InfoNCELoss,
     "wrmf": WeightedSquareLoss,
     "pris": PRISLoss,
+    "ccl": CosineContrastiveLoss,
 }
 
 

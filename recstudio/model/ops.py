@@ -13,6 +13,9 @@ everywhere else (CUDA, no compiler) models run the generic autograd formula of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +58,14 @@ class Embedding(nn.Embedding):
         if self.sparse or self.max_norm is not None:
             return super().forward(index)
         return gather_rows(self.weight, index, self.padding_idx)
+
+
+def user_item_embeddings(data: Any, dim: int, std: float | None = None) -> tuple[Embedding, Embedding]:
+    """A user and an item ``Embedding`` table of ``data`` (a PreparedData: ``num_users``,
+    ``num_items``; padding row 0 zero), initialised N(0, std^2), or Xavier normal when ``std`` is
+    None: the two id tables of the matrix-factorisation models."""
+    init = nn.init.xavier_normal_ if std is None else (lambda weight: nn.init.normal_(weight, std=std))
+    return user_item_tables(data.num_users, data.num_items, dim, init)
 
 
 def sum_squared_rows(
@@ -174,3 +185,17 @@ def sampled_inner_product_loss(
     return _NativeSampledInnerProductLoss.apply(
         query, items, candidates, query_index, kind, float(reg_weight), padding_idx, query_padding_idx
     )
+
+
+def user_item_tables(
+    num_users: int, num_items: int, dim: int, init: Callable[[torch.Tensor], Any]
+) -> tuple[Embedding, Embedding]:
+    """The user and item embedding tables of a two-tower model: ``Embedding``s of width ``dim``
+    with padding row 0, initialised in place by ``init`` (e.g. ``nn.init.xavier_normal_``) and
+    the padding rows zeroed."""
+    tables = Embedding(num_users, dim, padding_idx=0), Embedding(num_items, dim, padding_idx=0)
+    for table in tables:
+        init(table.weight)
+        with torch.no_grad():
+            table.weight[0].zero_()
+    return tables

@@ -31,12 +31,14 @@ class RankingParts:
         "sampler_alpha": ">= 0",
         "temperature": "> 0",
         "margin": ">= 0",
+        "negative_weight": ">= 0",
+        "positive_weight": "> 0",
         "scorer_hidden_sizes": ">= 1",
     }
     """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     loss: str = "bpr"
-    """Training loss: softmax, sampled_softmax, bpr, bce, hinge, warp, infonce, wrmf, pris."""
+    """Training loss: softmax, sampled_softmax, bpr, bce, hinge, warp, infonce, wrmf, pris, ccl."""
     num_negatives: int = 1
     """Negatives drawn per positive for sampled losses."""
     sampler: str = "uniform"
@@ -51,7 +53,11 @@ class RankingParts:
     temperature: float | None = None
     """Softmax temperature of softmax, sampled_softmax and infonce (None: 1.0, infonce 0.1)."""
     margin: float | None = None
-    """Margin of the hinge and warp losses (None: 1.0)."""
+    """Margin of the hinge and warp losses (None: 1.0) and of ccl (None: 0.9)."""
+    negative_weight: float | None = None
+    """Weight of the negative term of the ccl and wrmf losses (None: 1.0)."""
+    positive_weight: float | None = None
+    """Confidence weight of the positive term of bce (None: 1.0; LogisticMF's alpha)."""
     scorer_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     """Hidden layer sizes of the mlp scorer."""
 
@@ -72,6 +78,10 @@ class RankingParts:
             raise ConfigError(f"config key 'model.temperature' must be > 0, got {self.temperature}")
         if self.margin is not None and self.margin < 0:
             raise ConfigError(f"config key 'model.margin' must be >= 0, got {self.margin}")
+        if self.negative_weight is not None and self.negative_weight < 0:
+            raise ConfigError(f"config key 'model.negative_weight' must be >= 0, got {self.negative_weight}")
+        if self.positive_weight is not None and self.positive_weight <= 0:
+            raise ConfigError(f"config key 'model.positive_weight' must be > 0, got {self.positive_weight}")
         if not self.scorer_hidden_sizes or any(h < 1 for h in self.scorer_hidden_sizes):
             raise ConfigError(
                 "config key 'model.scorer_hidden_sizes' must be positive sizes, "
@@ -88,7 +98,13 @@ def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
 def build_loss_from(config: RankingParts, num_items: int) -> nn.Module:
     from recstudio.model.loss import LOSSES
 
-    options = {"temperature": config.temperature, "margin": config.margin, "num_items": num_items}
+    options = {
+        "temperature": config.temperature,
+        "margin": config.margin,
+        "negative_weight": config.negative_weight,
+        "positive_weight": config.positive_weight,
+        "num_items": num_items,
+    }
     cls = LOSSES[config.loss]
     return cls(**_accepted(cls, options))
 

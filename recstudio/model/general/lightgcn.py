@@ -33,15 +33,14 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.graph import mean_of_layers, normalized_adjacency
-from recstudio.model.ops import Embedding, gather_rows, sum_squared_rows
+from recstudio.model.graph import PropagatedTwoTower, mean_of_layers, normalized_adjacency
+from recstudio.model.ops import Embedding
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
 
 @register
-class LightGCN(TwoTowerRecommender):
+class LightGCN(PropagatedTwoTower):
     """Embeddings propagated over the normalised user–item graph (mean of K+1 layers), inner
     product, BPR with the BPR-Opt penalty on the layer-0 rows of the batch."""
 
@@ -119,31 +118,6 @@ class LightGCN(TwoTowerRecommender):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         out = mean_of_layers(self.adjacency, x, self.num_layers)
         return out[: self.num_users], out[self.num_users :]
-
-    def prepare_evaluation(self) -> None:
-        """One propagation per evaluation pass; every block reads these tables."""
-        self.eval_cache["users"], self.eval_cache["items"] = self.propagate()
-
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        table = self.eval_cache.get("users")
-        return (table if table is not None else self.propagate()[0])[users]
-
-    def item_vectors(self) -> torch.Tensor:
-        table = self.eval_cache.get("items")
-        return table if table is not None else self.propagate()[1]
-
-    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Ranking loss of the propagated embeddings (one propagation for the whole batch) plus
-        ``reg_weight`` times the squared layer-0 rows the loss scored, over the batch size."""
-        users, pos = batch["user"], batch["item"]
-        user_table, item_table = self.propagate()
-        query = gather_rows(user_table, users)
-        loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users, items=item_table)
-        if self.config.reg_weight > 0:
-            reg = sum_squared_rows(self.user_emb.weight, users)
-            reg = reg + sum_squared_rows(self.item_emb.weight, scored)
-            loss = loss + self.config.reg_weight * reg / pos.shape[0]
-        return loss
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, edges={self.adjacency.nnz // 2}"
