@@ -56,7 +56,7 @@ def _own_fields_first(config: Any) -> dict[str, Any]:
 
 def _summary(cls: type) -> str:
     contract = cls.data_contract(cls.Config())
-    views = "+".join(i.view for i in contract.inputs)
+    views = "+".join(dict.fromkeys(i.view for i in contract.inputs))  # each view once (RecVAE: 4 passes)
     needs = f" needs={','.join(contract.parts)}" if contract.parts else ""
     return f"  {cls.__name__:10s} {views:14s}{needs} {cls.description}"
 
