@@ -34,8 +34,11 @@ sys.path.insert(0, str(HERE))
 from export_split import export_split, model_protocol  # noqa: E402
 
 PILOTS = ("LightGCN", "GRU4Rec", "DeepFM", "CKE")
-RECBOLE_NAMES: dict[str, str] = {}
-"""RecBole's name of our model where they differ (the pilots share their names)."""
+RECBOLE_NAMES: dict[str, str] = {"SLIM": "SLIMElastic"}
+"""RecBole's name of our model where they differ (the others share their names)."""
+RECBOLE_SETTINGS: dict[str, tuple[str, ...]] = {"MultiDAE": ("latent_dimension=200",)}
+"""``--set`` values RecBole gets for a model so that the settings compare ("comparable settings":
+RecBole's MultiDAE default latent is 64 against the paper's and ours 200)."""
 
 
 def protocol_text(data_config: Any, kind: str) -> str:
@@ -56,7 +59,14 @@ def protocol_text(data_config: Any, kind: str) -> str:
 
 
 def run_recbole(
-    python: str, work: Path, name: str, model: str, epochs: int, threads: int = 0
+    python: str,
+    work: Path,
+    name: str,
+    model: str,
+    epochs: int,
+    threads: int = 0,
+    max_minutes: float = 0,
+    settings: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """recbole_run.py in the RecBole environment; its stderr goes to ``work/<name>.recbole.log``."""
     cmd = [python, str(HERE / "recbole_run.py"), "--data", str(work), "--dataset", name, "--model", model]
@@ -65,6 +75,10 @@ def run_recbole(
         cmd += ["--epochs", str(epochs)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if max_minutes:
+        cmd += ["--max-minutes", str(max_minutes)]
+    for item in settings:
+        cmd += ["--set", item]
     log = work / f"{name}.recbole.log"
     with log.open("w") as err:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, check=False)
@@ -167,6 +181,18 @@ def main() -> None:
         default=0,
         help="RecBole's torch threads (0: torch's default); 1 on a machine shared with other jobs",
     )
+    parser.add_argument(
+        "--recbole-max-minutes",
+        type=float,
+        default=0,
+        help="stop RecBole's training after this many minutes and evaluate its best checkpoint",
+    )
+    parser.add_argument(
+        "--recbole-set",
+        action="append",
+        default=[],
+        help="MODEL:key=value for RecBole's config (repeatable), over RECBOLE_SETTINGS",
+    )
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--recbole-results", help="JSON lines of earlier recbole_run.py runs to reuse")
     parser.add_argument("--json", dest="json_out")
@@ -176,6 +202,12 @@ def main() -> None:
     from recstudio.model.registry import all_models
 
     registered = {cls.__name__ for cls in all_models()}
+    extra: dict[str, tuple[str, ...]] = dict(RECBOLE_SETTINGS)
+    for item in args.recbole_set:
+        target, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            parser.error(f"--recbole-set {item!r}: expected MODEL:key=value")
+        extra[target] = extra.get(target, ()) + (setting,)
     reuse: dict[str, dict[str, Any]] = {}
     if args.recbole_results:
         for line in Path(args.recbole_results).read_text().splitlines():
@@ -203,7 +235,14 @@ def main() -> None:
         elif args.recbole_python:
             print(f"{model}: RecBole on {summary['folder']} ...", file=sys.stderr, flush=True)
             row["recbole"] = run_recbole(
-                args.recbole_python, work, name, rb_name, args.epochs, args.recbole_threads
+                args.recbole_python,
+                work,
+                name,
+                rb_name,
+                args.epochs,
+                args.recbole_threads,
+                args.recbole_max_minutes,
+                extra.get(model, ()),
             )
         if model in registered and not args.skip_ours:
             print(f"{model}: ours ...", file=sys.stderr, flush=True)

@@ -44,6 +44,11 @@ from pathlib import Path
 from typing import Any
 
 TOPK_METRICS = ["Recall", "NDCG", "MRR", "Hit", "Precision"]
+NON_SAMPLING = {
+    *("ENMF", "MultiDAE", "MultiVAE", "RecVAE", "MacridVAE", "CDAE", "EASE", "SLIMElastic", "ItemKNN")
+}
+"""General models that read whole user rows (or fit in closed form): RecBole trains them without
+negative sampling (``train_neg_sample_args: None``); its global default would sample anyway."""
 
 
 class TimeBudget(Exception):
@@ -108,6 +113,8 @@ def build_config(args: argparse.Namespace, kind: str, ckpt: str, has_embedding: 
             }
         if kind == "knowledge":
             config["load_col"].update(kg=["head_id", "relation_id", "tail_id"], link=["item_id", "entity_id"])
+    if kind == "general" and args.model in NON_SAMPLING:
+        config["train_neg_sample_args"] = None
     if args.epochs > 0:
         config["epochs"] = args.epochs
     for item in args.set:
