@@ -193,6 +193,9 @@ def main() -> None:
         default=[],
         help="MODEL:key=value for RecBole's config (repeatable), over RECBOLE_SETTINGS",
     )
+    parser.add_argument(
+        "--ours-epochs", type=int, default=0, help="cap our epochs only (0: --epochs, else our defaults)"
+    )
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--recbole-results", help="JSON lines of earlier recbole_run.py runs to reuse")
     parser.add_argument("--json", dest="json_out")
@@ -247,7 +250,7 @@ def main() -> None:
         if model in registered and not args.skip_ours:
             print(f"{model}: ours ...", file=sys.stderr, flush=True)
             try:
-                row["ours"] = run_ours(model, args.dataset, data, args.epochs)
+                row["ours"] = run_ours(model, args.dataset, data, args.ours_epochs or args.epochs)
             except Exception as exc:  # noqa: BLE001 - a colleague's model in progress may fail; keep the table
                 row["ours"] = {"error": f"{type(exc).__name__}: {exc}"}
         elif model not in registered:

@@ -32,6 +32,12 @@ code starts it from an independent random initialisation until the first refresh
 ``gamma`` is 0 the KL weight is the constant ``beta`` (RecBole's option). Defaults are the
 paper's and RecBole 1.2.1's: hidden 600, latent 200, dropout 0.5, gamma 0.005, batch 500, learning
 rate 5e-4 (authors' code; RecBole's global default is 1e-3).
+
+Departure from the paper in the defaults: the reparameterisation noise is scaled by
+``noise_std`` = 0.01 (``z = mu + 0.01 eps sigma``), as RecBole 1.2.1's RecVAE does, instead of
+the paper's 1. On ml-100k (the project's protocol, one seed) this lifts validation NDCG@10 from
+0.2225 to 0.2365 and test from 0.2643 to 0.2854 (RecBole: 0.2418 / 0.2792); the best epoch moves
+from ~30 to ~86. ``model.noise_std=1`` is the paper's VAE, and the search space holds both.
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class RecVAE(HistoryAutoencoder):
             "wide_logvar": ">= 0",
             "n_enc_epochs": ">= 1",
             "n_dec_epochs": ">= 1",
+            "noise_std": ">= 0",
         }
         """Allowed values, checked when the config is built (``--set`` errors name the key)."""
         hidden_dim: int = 600
@@ -126,6 +133,10 @@ class RecVAE(HistoryAutoencoder):
         """Encoder passes per epoch (paper: 3)."""
         n_dec_epochs: int = 1
         """Decoder passes per epoch (paper: 1)."""
+        noise_std: float = 0.01
+        """Scale of the reparameterisation noise, z = mu + noise_std * eps * sigma (paper: 1;
+        RecBole 1.2.1's RecVAE samples eps ~ N(0, 0.01^2), i.e. 0.01, and so do we: see the
+        module docstring)."""
 
         def validate(self) -> None:
             w = self.mixture_weights
@@ -140,6 +151,7 @@ class RecVAE(HistoryAutoencoder):
         "dropout": {"type": "float", "low": 0.0, "high": 0.7},
         "gamma": {"type": "float", "low": 5e-4, "high": 5e-2, "log": True},
         "n_enc_epochs": {"type": "int", "low": 1, "high": 3},
+        "noise_std": {"type": "categorical", "choices": [0.01, 0.1, 1.0]},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     }
     default_overrides: ClassVar[dict[str, Any]] = {"train": {"batch_size": 500, "learning_rate": 5e-4}}
@@ -200,7 +212,7 @@ class RecVAE(HistoryAutoencoder):
         one-sample KL ``log q(z|x) - log p(z)`` to the composite prior."""
         x = history_input(batch)
         mu, logvar = self.encoder(x, self.config.dropout)
-        z = reparameterize(mu, logvar, self.training)
+        z = reparameterize(mu, logvar, self.training, self.config.noise_std)
         kl = (log_normal_pdf(z, mu, logvar) - self.log_prior(x, z)).sum(dim=1)
         if self.training:
             self._prior_stale = True
@@ -216,7 +228,7 @@ class RecVAE(HistoryAutoencoder):
         x = history_input(batch)
         with torch.no_grad():
             mu, logvar = self.encoder(x, 0.0)
-            z = reparameterize(mu, logvar, self.training)
+            z = reparameterize(mu, logvar, self.training, self.config.noise_std)
         return multinomial_nll(self.decoder(z), x)
 
     def score_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
