@@ -37,7 +37,13 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.graph import PropagatedTwoTower, SparseMatrix, bipartite_edges, symmetric_norm
+from recstudio.model.graph import (
+    PropagatedTwoTower,
+    SparseMatrix,
+    bipartite_edges,
+    split_nodes,
+    symmetric_norm,
+)
 from recstudio.model.loss import distance_correlation
 from recstudio.model.ops import user_item_tables
 from recstudio.model.parts import RankingParts
@@ -206,7 +212,7 @@ class DGCF(PropagatedTwoTower):
             )
             total = total + x
         table = (total / (c.num_layers + 1)).transpose(0, 1).reshape(n, -1)
-        return table[: self.num_users], table[self.num_users :]
+        return split_nodes(table, self.num_users)
 
     def auxiliary_loss(
         self, batch: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor

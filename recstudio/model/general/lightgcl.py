@@ -34,7 +34,7 @@ from torch import nn
 
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
-from recstudio.model.graph import LowRankBipartite, PropagatedTwoTower, normalized_adjacency
+from recstudio.model.graph import LowRankBipartite, PropagatedTwoTower, normalized_adjacency, split_nodes
 from recstudio.model.loss import FullSoftmaxLoss
 from recstudio.model.ops import gather_rows, user_item_tables
 from recstudio.model.parts import RankingParts
@@ -121,7 +121,7 @@ class LightGCL(PropagatedTwoTower):
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         total = self.main_view()[0]
-        return total[: self.num_users], total[self.num_users :]
+        return split_nodes(total, self.num_users)
 
     def contrastive_loss(self, main: torch.Tensor, svd: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """InfoNCE of each node's SVD view against the main views of all nodes of its side
@@ -133,7 +133,7 @@ class LightGCL(PropagatedTwoTower):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users, pos = batch["user"], batch["item"]
         total, inner = self.main_view()
-        user_table, item_table = total[: self.num_users], total[self.num_users :]
+        user_table, item_table = split_nodes(total, self.num_users)
         query = gather_rows(user_table, users)
         loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users, items=item_table)
         c = self.config

@@ -33,7 +33,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.graph import PropagatedTwoTower, mean_of_layers, normalized_adjacency
+from recstudio.model.graph import PropagatedTwoTower, mean_of_layers, normalized_adjacency, split_nodes
 from recstudio.model.ops import Embedding
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -117,7 +117,7 @@ class LightGCN(PropagatedTwoTower):
         0..K over the whole graph (one propagation)."""
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         out = mean_of_layers(self.adjacency, x, self.num_layers)
-        return out[: self.num_users], out[self.num_users :]
+        return split_nodes(out, self.num_users)
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, edges={self.adjacency.nnz // 2}"

@@ -45,7 +45,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.cluster import kmeans
 from recstudio.model.general.lightgcn import LightGCN
-from recstudio.model.graph import layer_outputs
+from recstudio.model.graph import layer_outputs, split_nodes
 from recstudio.model.loss import contrastive_loss
 from recstudio.model.registry import register
 
@@ -145,7 +145,7 @@ class NCL(LightGCN):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         layers = layer_outputs(self.adjacency, x, max(self.num_layers, 2 * c.hyper_layers))
         final = torch.stack(layers[: self.num_layers + 1]).mean(0)
-        loss = self.propagated_ranking_loss(batch, final[: self.num_users], final[self.num_users :])
+        loss = self.propagated_ranking_loss(batch, *split_nodes(final, self.num_users))
         center, context = layers[0], layers[2 * c.hyper_layers]
         sides = (
             ("user", batch["user"], 0, self.num_users, 1.0),

@@ -34,7 +34,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
-from recstudio.model.graph import PropagatedTwoTower, normalized_adjacency
+from recstudio.model.graph import PropagatedTwoTower, normalized_adjacency, split_nodes
 from recstudio.model.ops import user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -133,7 +133,7 @@ class NGCF(PropagatedTwoTower):
             x = F.normalize(x, p=2, dim=1)
             out.append(x)
         table = torch.cat(out, dim=1)
-        return table[: self.num_users], table[self.num_users :]
+        return split_nodes(table, self.num_users)
 
     def extra_repr(self) -> str:
         return f"layers={len(self.layers)}, edges={self.adjacency.nnz // 2}"

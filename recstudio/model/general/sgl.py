@@ -46,7 +46,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.general.lightgcn import LightGCN
-from recstudio.model.graph import dropout_adjacency, layer_outputs
+from recstudio.model.graph import dropout_adjacency, layer_outputs, split_nodes
 from recstudio.model.loss import view_contrast
 from recstudio.model.registry import register
 
@@ -138,7 +138,7 @@ class SGL(LightGCN):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         layers = layer_outputs(graphs if len(graphs) > 1 else graphs[0], x, self.num_layers)
         out = torch.stack(layers).mean(0)
-        return out[: self.num_users], out[self.num_users :]
+        return split_nodes(out, self.num_users)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """LightGCN's loss on the full graph plus ``ssl_weight`` times the in-batch InfoNCE of

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from recstudio.model.general.lightgcn import LightGCN
-from recstudio.model.graph import layer_outputs
+from recstudio.model.graph import layer_outputs, split_nodes
 from recstudio.model.loss import view_contrast
 from recstudio.model.registry import register
 
@@ -83,7 +83,7 @@ class SimGCL(LightGCN):
     def final(self, layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """User and item tables: the mean of layers 1..K (layer 0 left out, as the paper)."""
         out = torch.stack(layers[1:]).mean(0)
-        return out[: self.num_users], out[self.num_users :]
+        return split_nodes(out, self.num_users)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.final(self.layers())

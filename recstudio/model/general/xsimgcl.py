@@ -27,6 +27,7 @@ import torch
 
 from recstudio.errors import ConfigError
 from recstudio.model.general.simgcl import SimGCL
+from recstudio.model.graph import split_nodes
 from recstudio.model.loss import view_contrast
 from recstudio.model.registry import register
 
@@ -71,7 +72,7 @@ class XSimGCL(SimGCL):
         loss = self.propagated_ranking_loss(batch, *final)
         if c.cl_weight > 0:
             cross = layers[c.layer_cl]
-            cross_view = (cross[: self.num_users], cross[self.num_users :])
+            cross_view = split_nodes(cross, self.num_users)
             ssl = view_contrast(final, cross_view, batch["user"], batch["item"], c.ssl_temp)
             loss = loss + c.cl_weight * ssl
         return loss
