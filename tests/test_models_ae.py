@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from recstudio.data.views import InputMix, build_view
 from recstudio.errors import ConfigError
 from recstudio.model.ae.cdae import CDAE
+from recstudio.model.ae.common import reparameterize
 from recstudio.model.ae.macridvae import MacridVAE
 from recstudio.model.ae.multidae import MultiDAE
 from recstudio.model.ae.recvae import RecVAE
@@ -89,6 +90,27 @@ def test_recvae_kl_weight_is_gamma_times_history_size_and_loss_formula() -> None
     torch.testing.assert_close(model.training_loss(batch), nll + (0.04 * kl).mean())
     constant = RecVAE(RecVAE.Config(hidden_dim=8, latent_dim=3, num_layers=2, gamma=0.0, beta=0.3), data)
     torch.testing.assert_close(constant.kl_weights(x), torch.full((x.shape[0],), 0.3))
+
+
+def test_recvae_noise_std_scales_the_training_sample_around_the_mean() -> None:
+    """z = mu + noise_std * eps * sigma: with noise_std 0 training samples the mean exactly, and
+    the spread of z - mu grows with noise_std (default 0.01, RecBole's; the paper's 1)."""
+    data = tiny_data()
+    assert RecVAE.Config().noise_std == 0.01
+    x = _user_batch(data)["history"]
+
+    def spread(noise_std: float) -> float:
+        torch.manual_seed(0)
+        model = RecVAE(RecVAE.Config(hidden_dim=8, latent_dim=3, num_layers=2, noise_std=noise_std), data)
+        model.train()
+        mu, logvar = model.encoder(x, 0.0)
+        torch.manual_seed(1)
+        z = reparameterize(mu, logvar, True, model.config.noise_std)
+        return float((z - mu).abs().mean())
+
+    assert spread(0.0) == 0.0
+    assert 0 < spread(0.01) < spread(1.0)
+    assert spread(0.01) == pytest.approx(0.01 * spread(1.0), rel=1e-4)
 
 
 def test_recvae_contract_is_three_encoder_passes_then_one_decoder_pass() -> None:

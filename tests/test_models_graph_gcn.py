@@ -26,6 +26,7 @@ from recstudio.model.graph import (
     item_item_topk,
     normalized_adjacency,
     normalized_biadjacency,
+    split_nodes,
 )
 from recstudio.model.loss import constraint_bce_loss, distance_correlation
 from recstudio.testing import planted_data
@@ -328,3 +329,13 @@ def test_sparse_matrix_keeps_working_for_non_symmetric_shapes_with_values():
     w = torch.randn(3, 2)
     (g,) = torch.autograd.grad((m(x, value) * w).sum(), x)
     torch.testing.assert_close(g, dense.T @ w)
+
+
+def test_split_nodes_gives_the_same_rows_and_gradients_as_slicing() -> None:
+    table = torch.randn(7, 3, requires_grad=True)
+    users, items = split_nodes(table, 3)
+    torch.testing.assert_close(users, table[:3])
+    torch.testing.assert_close(items, table[3:])
+    w_u, w_i = torch.randn(3, 3), torch.randn(4, 3)
+    (users * w_u).sum().add((items * w_i).sum()).backward()
+    torch.testing.assert_close(table.grad, torch.cat([w_u, w_i]))
