@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 TOPK_METRICS = ["Recall", "NDCG", "MRR", "Hit", "Precision"]
-NON_SAMPLING = {
-    *("ENMF", "MultiDAE", "MultiVAE", "RecVAE", "MacridVAE", "CDAE", "EASE", "SLIMElastic", "ItemKNN")
-}
+NON_SAMPLING = frozenset(
+    ("ENMF", "MultiDAE", "MultiVAE", "RecVAE", "MacridVAE", "CDAE", "EASE", "SLIMElastic", "ItemKNN")
+)
 """General models that read whole user rows (or fit in closed form): RecBole trains them without
 negative sampling (``train_neg_sample_args: None``); its global default would sample anyway."""
 

@@ -139,8 +139,9 @@ class LightGCL(PropagatedTwoTower):
         c = self.config
         if c.cl_weight > 0:
             svd = torch.cat([self.user_emb.weight, self.item_emb.weight]) + self.svd_view(inner)
-            cl = self.contrastive_loss(user_table, svd[: self.num_users], torch.unique(users))
-            cl = cl + self.contrastive_loss(item_table, svd[self.num_users :], torch.unique(scored))
+            svd_users, svd_items = split_nodes(svd, self.num_users)
+            cl = self.contrastive_loss(user_table, svd_users, torch.unique(users))
+            cl = cl + self.contrastive_loss(item_table, svd_items, torch.unique(scored))
             loss = loss + c.cl_weight * cl
         if c.reg_weight > 0:
             loss = loss + c.reg_weight * (
