@@ -97,6 +97,9 @@ class TrainConfig:
     """Negatives drawn once at load time per training row (0: draw fresh ones in every batch)."""
     ddp_timeout: float = 1800.0
     """With ``--devices`` > 1: seconds a rank waits in a collective before the run fails."""
+    max_minutes: float | None = None
+    """Wall-clock cap on training: stop after the epoch that passes it and test the best
+    validated weights (the result's ``stopped`` says why training ended)."""
 
 
 @dataclass
@@ -408,6 +411,8 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {t.weight_decay}")
     if t.ddp_timeout <= 0:
         raise ConfigError(f"config key 'train.ddp_timeout' must be > 0, got {t.ddp_timeout}")
+    if t.max_minutes is not None and t.max_minutes <= 0:
+        raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {t.max_minutes}")
     if not e.cutoffs or any(k < 1 for k in e.cutoffs):
         raise ConfigError(f"config key 'eval.cutoffs' must be positive integers, got {e.cutoffs}")
     if e.batch_size < 1:

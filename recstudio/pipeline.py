@@ -403,6 +403,8 @@ class TrainResult:
     model_size: int = 0
     """Numbers in the trained model's state dict (parameters and stored matrices, e.g. EASE's
     item-item weights): the size of its checkpoint in floats."""
+    stopped: str = "epochs"
+    """Why training ended: ``epochs`` (train.epochs ran), ``early_stopping`` or ``max_minutes``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -417,6 +419,7 @@ class TrainResult:
             "data": self.data,
             "cache_key": self.cache_key,
             "model_size": self.model_size,
+            "stopped": self.stopped,
         }
 
 
@@ -515,6 +518,15 @@ def _trainer(
     )
 
 
+def _stop_reason(trainer: Any, early_stopping: Any, timer: Any, epochs: int, cfg: ResolvedConfig) -> str:
+    """Why ``trainer.fit`` returned: the epoch budget, early stopping or the wall-clock cap."""
+    if early_stopping is not None and early_stopping.stopped_epoch > 0:
+        return "early_stopping"
+    if timer is not None and epochs < cfg.train.epochs and timer.time_remaining("train") <= 0:
+        return "max_minutes"
+    return "epochs"
+
+
 def _fit(trainer: Any, model: Any, train_batches: Any, valid_loader: Any, cfg: ResolvedConfig) -> None:
     """``trainer.fit`` with Ctrl-C and out-of-memory turned into what callers expect."""
     import torch
@@ -584,24 +596,39 @@ def train_and_test(
     recorder = _EpochRecorder(tracker, cfg.train.monitor)
     checkpoint = _BestCheckpoint(best_path, maximize)
     callbacks: list[Any] = [recorder, *options.callbacks, checkpoint]
+    early_stopping = None
     if has_valid and cfg.train.early_stop_patience > 0:
         from pytorch_lightning.callbacks import EarlyStopping
 
-        callbacks.append(
-            EarlyStopping(
-                monitor="monitor",
-                mode="max" if maximize else "min",
-                patience=cfg.train.early_stop_patience,
-                check_on_train_epoch_end=False,
-                check_finite=False,
-            )
+        early_stopping = EarlyStopping(
+            monitor="monitor",
+            mode="max" if maximize else "min",
+            patience=cfg.train.early_stop_patience,
+            check_on_train_epoch_end=False,
+            check_finite=False,
         )
+        callbacks.append(early_stopping)
+    timer = None
+    if cfg.train.max_minutes is not None:
+        from datetime import timedelta
+
+        from pytorch_lightning.callbacks import Timer
+
+        # checked at each epoch's end (after its validation), so no epoch is cut short
+        timer = Timer(duration=timedelta(minutes=cfg.train.max_minutes), interval="epoch")
+        callbacks.append(timer)
     trainer = _trainer(
         cfg, options, callbacks, ckpt_root, has_valid, len(train_batches), rank, world_size, port
     )
     t0 = time.perf_counter()
     _fit(trainer, model, train_batches, valid_loader if has_valid else None, cfg)
     timings["fit_seconds"] = time.perf_counter() - t0
+    stopped = _stop_reason(trainer, early_stopping, timer, len(recorder.train_seconds), cfg)
+    if stopped == "max_minutes" and rank == 0:
+        log.info(
+            "%s: training stopped by train.max_minutes=%g after %d epochs",
+            cfg.model_name, cfg.train.max_minutes, len(recorder.train_seconds),
+        )
 
     # ---------------------------------------------------------------- best checkpoint -> test
     if checkpoint.best is None:  # no validation (or no finite value): the last weights
@@ -631,6 +658,7 @@ def train_and_test(
         cache_key=data.cache_key,
         timings=timings,
         model_size=state_size(model),
+        stopped=stopped,
     )
     if tracker is not None:
         tracker.log_metrics(final_metrics(result, cfg.train.monitor), step=result.best_epoch)

@@ -250,6 +250,20 @@ def test_python_api_matches_cli_result(workdir: Path):
     result = recstudio.run(model="BPR", dataset=str(spec), train__epochs=2, model__embed_dim=8, quiet=True)
     assert result["run_id"] and result["epochs"] == 2
     assert "ndcg@10" in result["test"]
+    assert result["stopped"] == "epochs"
+
+
+def test_max_minutes_stops_after_a_whole_epoch_and_tests_the_best(workdir: Path):
+    import recstudio
+
+    spec = write_toy_dataset(workdir)
+    result = recstudio.run(
+        model="BPR", dataset=str(spec), train__epochs=10_000, train__max_minutes=1e-4,
+        train__early_stop_patience=0, model__embed_dim=8, quiet=True,
+    )
+    assert result["stopped"] == "max_minutes"
+    assert 1 <= result["epochs"] < 10_000 and result["best_epoch"] < result["epochs"]
+    assert "ndcg@10" in result["test"] and "ndcg@10" in result["valid"]
 
 
 @pytest.mark.parametrize(
