@@ -67,6 +67,9 @@ class DataConfig:
     """For ready-made splits without a valid file (``splits: {train, test}``): the share of each
     user's train rows held out as validation, so early stopping and the best epoch work; ordered
     by ``split_order`` (time: the user's latest rows). 0: no validation split."""
+    by_session: bool = False
+    """One sequence per session instead of per user, when the dataset spec names a session column
+    (``roles: {session: ...}``); no effect without one. Sequential models default to true."""
     label: str | None = None
     """Label rule for pointwise (CTR) data, ``"<column> <op> <number>"`` (op: >=, >, <=, <, ==, !=)
     on a role (``rating``, ``timestamp``) or any column of the interactions file, e.g.

@@ -308,8 +308,16 @@ def _run_tracked(
     if devices > 1 and not _has_trainable_parameters(cfg, data):
         log.warning("%s has nothing to train by gradient; using one device, not %d", cfg.model_name, devices)
         devices = 1
+    order = data.order()
+    _warn_file_order(cfg, data, order)
     if tracker is not None:
-        tracker.set_tags({"cache_key": data.cache_key, **{f"data.{k}": v for k, v in data.summary().items()}})
+        tracker.set_tags(
+            {
+                "cache_key": data.cache_key,
+                "data.order": order,
+                **{f"data.{k}": v for k, v in data.summary().items()},
+            }
+        )
         log_dataset_input(tracker, data)
         tracker.set_tags({"devices": str(devices), "accelerator": accelerator})
     if devices == 1:
@@ -328,6 +336,27 @@ def _run_tracked(
         return train_and_test(
             cfg, options, data, trial, tracker, timings, rank=0, world_size=devices, port=port
         )
+
+
+_FILE_ORDER_WARNED: set[str] = set()
+
+
+def _warn_file_order(cfg: ResolvedConfig, data: Any, order: str) -> None:
+    """A sequential model on data without time order learns the file's row order: say so once
+    per dataset and process (a study's trials would repeat it)."""
+    from recstudio.model.registry import get_model_class
+
+    if order != "file" or get_model_class(cfg.model_name).family != "sequential":
+        return
+    if data.cache_key in _FILE_ORDER_WARNED:
+        return
+    _FILE_ORDER_WARNED.add(data.cache_key)
+    log.warning(
+        "dataset %s has no timestamp column: %s reads each user's rows in file order as their "
+        "sequence (the run's tag data.order=file records it)",
+        data.name,
+        cfg.model_name,
+    )
 
 
 DATASET_DIGEST_CHARS = 16

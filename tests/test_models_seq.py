@@ -265,3 +265,17 @@ def test_learns_planted_sequences_and_beats_popularity(name, overrides):
     result = fit_and_evaluate(name, planted, **overrides)
     ndcg = result["test"]["ndcg@10"]
     assert ndcg > max(0.15, 3 * pop), (ndcg, pop)
+
+
+def test_gsasrec_is_sasrec_with_calibrated_gbce(data):
+    from recstudio.model.loss import GBCELoss
+    from recstudio.model.seq.gsasrec import GSASRec, GSASRecConfig
+
+    model = build(GSASRec, GSASRecConfig, data, num_negatives=8)
+    assert isinstance(model, SASRec) and isinstance(model.loss_fn, GBCELoss)
+    a = 8 / (data.num_items - 2)
+    assert model.loss_fn.beta == pytest.approx(a * (0.75 * (1 - 1 / a) + 1 / a))
+    loss = model.training_loss(seq2seq_batch(ROWS, 12))
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert model.embedding.item.weight.grad.abs().sum() > 0

@@ -90,6 +90,23 @@ def test_bpr_bce_hinge_by_hand() -> None:
     assert build_loss("hinge")(POS, NEG).item() == pytest.approx(((0 + 0 + 2) / 3 + (0 + 2.5 + 1) / 3) / 2)
 
 
+def test_gbce_by_hand_and_its_limits() -> None:
+    # 11 items + padding: a = K / (N - 1) = 3 / 10; t = 0.75 -> beta = a (t (1 - 1/a) + 1/a)
+    a, t = 3 / 10, 0.75
+    beta = a * (t * (1 - 1 / a) + 1 / a)
+    loss = build_loss("gbce", num_items=12, num_negatives=3, calibration=t)
+    assert loss.beta == pytest.approx(beta) and 0 < beta < 1
+    rows = [(2.0, (1, 0, 3)), (-1.0, (-2, 0.5, -1))]
+    expected = [-beta * math.log(sig(p)) - sum(math.log(sig(-n)) for n in ns) for p, ns in rows]
+    assert loss(POS, NEG).item() == pytest.approx(sum(expected) / 2)
+    # t = 0 is BCE with summed negatives; t = 1 gives beta = a; negatives covering the catalogue: beta 1
+    assert build_loss("gbce", num_items=12, num_negatives=3, calibration=0.0).beta == pytest.approx(1.0)
+    assert build_loss("gbce", num_items=12, num_negatives=3, calibration=1.0).beta == pytest.approx(a)
+    assert build_loss("gbce", num_items=12, num_negatives=10, calibration=0.75).beta == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="calibration"):
+        build_loss("gbce", num_items=12, calibration=1.5)
+
+
 def test_softmax_losses_by_hand() -> None:
     def lse(xs: list[float]) -> float:
         return math.log(sum(math.exp(x) for x in xs))
@@ -151,7 +168,8 @@ def test_sampled_losses_are_stable_and_differentiable(name: str) -> None:
     pos = torch.tensor([1e4, -1e4, 0.0], requires_grad=True)
     neg = torch.tensor([[-1e4, 1e4], [1e4, -1e4], [0.0, 0.0]], requires_grad=True)
     log_q = torch.full((3, 2), -5.0)
-    value = build_loss(name)(pos, neg, log_q_pos=torch.full((3,), -5.0), log_q_neg=log_q)
+    options = {"num_items": 100} if name == "gbce" else {}
+    value = build_loss(name, **options)(pos, neg, log_q_pos=torch.full((3,), -5.0), log_q_neg=log_q)
     assert torch.isfinite(value)
     value.backward()
     assert torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()

@@ -116,10 +116,18 @@ def data_options(cfg: DataConfig) -> dict[str, Any]:
         options.pop("label", None)
     if not options.get("valid_from_train"):  # likewise for data without a held-out validation
         options.pop("valid_from_train", None)
+    if not options.get("by_session"):  # and for data not grouped by session
+        options.pop("by_session", None)
     if options["min_rating"] is not None:
         options["min_rating"] = float(options["min_rating"])
     options["split_ratio"] = [float(r) for r in options["split_ratio"]]
     return options
+
+
+def _has_sessions(spec: DatasetSpec) -> bool:
+    """Whether any interactions file of the spec names a session column (else by_session is moot)."""
+    sources = [spec.interactions, *(spec.splits or {}).values()]
+    return any(src is not None and "session" in src.roles for src in sources)
 
 
 def cache_key(spec: DatasetSpec, cfg: DataConfig, digests: dict[str, str]) -> str:
@@ -127,7 +135,7 @@ def cache_key(spec: DatasetSpec, cfg: DataConfig, digests: dict[str, str]) -> st
         "format_version": FORMAT_VERSION,
         "spec": spec.canonical(),
         "raw_sha256": dict(sorted(digests.items())),
-        "data": data_options(cfg),
+        "data": data_options(cfg if _has_sessions(spec) else dataclasses.replace(cfg, by_session=False)),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

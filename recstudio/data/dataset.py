@@ -241,6 +241,19 @@ class PreparedData:
             "density": n_inter / max(1, real_users * real_items),
         }
 
+    def order(self) -> str:
+        """What a user's row order follows: ``time`` (a timestamp column), ``position`` (sequence
+        files: the position in each list) or ``file`` (no time: the order of the rows in the file,
+        which sequential models and time-ordered splits then take for time)."""
+        spec = self.manifest.get("spec") or {}
+        sources = [spec.get("interactions"), *(spec.get("splits") or {}).values()]
+        sources = [s for s in sources if s]
+        if sources and all(s.get("kind") == "sequences" for s in sources):
+            return "position"
+        if sources and all("timestamp" in (s.get("roles") or {}) for s in sources):
+            return "time"
+        return "file" if sources else "unknown"
+
     def label_summary(self) -> dict[str, float | None] | None:
         """Share of label-1 rows per split (None when unlabelled, and for an empty split)."""
         if not self.labelled:

@@ -15,6 +15,11 @@ Order of operations (each step sees the previous step's output):
    strings); 0 is padding.
 6. Split (unless the spec gives ready-made splits), see ``split_labels``.
 
+With ``data.by_session`` (the default of sequential models) and a session column in the spec,
+each session is its own sequence from step 0 on: the "user" of every step above is the session
+(duplicates, k-core and the split are per session; the user vocabulary holds session ids, or
+"user:session" when session ids repeat across users).
+
 "Time" is the timestamp column when there is one, else the file order; every sort that uses it
 is stable, so equal timestamps keep file order. Each split comes out sorted by (user, time, file
 order), as ``PreparedData`` promises.
@@ -137,13 +142,31 @@ def factorize_sorted(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
     return rank[indices], encoded.dictionary.take(pa.array(order))
 
 
+def session_keys(user: pa.Array, session: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Sequence keys of session data, factorized as ``factorize_sorted``: the session id when
+    every session belongs to one user (the usual case), else "user:session" strings."""
+    codes, uniques = factorize_sorted(session)
+    user_codes, _ = factorize_sorted(user)
+    lo = np.full(len(uniques), np.iinfo(np.int64).max)
+    hi = np.full(len(uniques), -1)
+    np.minimum.at(lo, codes, user_codes)
+    np.maximum.at(hi, codes, user_codes)
+    if (lo == hi).all():
+        return codes, uniques
+    joined = pc.binary_join_element_wise(pc.cast(user, pa.string()), pc.cast(session, pa.string()), ":")
+    return factorize_sorted(joined)
+
+
 # --------------------------------------------------------------------------- filtering
 
 
 def preprocess(raw: RawInteractions, cfg: DataConfig, name: str) -> Processed:
     """Run steps 1-6 of the module docstring on raw interactions."""
     check_config(cfg)
-    user, user_uniques = factorize_sorted(raw.user)
+    if cfg.by_session and raw.session is not None:
+        user, user_uniques = session_keys(raw.user, raw.session)
+    else:
+        user, user_uniques = factorize_sorted(raw.user)
     item, item_uniques = factorize_sorted(raw.item)
     cols: dict[str, np.ndarray] = {"user": user, "item": item, "order": np.arange(len(raw), dtype=np.int64)}
     for key, value in (

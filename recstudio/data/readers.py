@@ -49,6 +49,8 @@ class RawInteractions:
     rating: np.ndarray | None
     time: np.ndarray | None
     split: np.ndarray | None = None
+    session: pa.Array | None = None
+    """Raw session ids when the spec names a session column (``roles: {session: ...}``)."""
     columns: dict[str, pa.Array] = field(default_factory=dict)
     label: np.ndarray | None = None
     context: dict[str, np.ndarray] = field(default_factory=dict)
@@ -276,7 +278,7 @@ def read_source(
         return _read_sequences(src, path, what)
     fs, roles = src.source, src.roles
     columns: dict[str, str] = {}
-    for role in ("user", "item", "rating", "timestamp"):
+    for role in ("user", "item", "rating", "timestamp", "session"):
         if role in roles:
             columns[roles[role]] = fs.dtypes.get(
                 roles[role], "float" if role in ("rating", "timestamp") else "auto"
@@ -306,6 +308,7 @@ def read_source(
         item=table[roles["item"]].combine_chunks(),
         rating=numeric("rating"),
         time=numeric("timestamp"),
+        session=table[roles["session"]].combine_chunks() if "session" in roles else None,
         columns={column: table[column].combine_chunks() for column in extra},
     )
 
@@ -426,8 +429,12 @@ def _concat(parts: list[RawInteractions]) -> RawInteractions:
             raise DataError(f"the ready-made split files disagree: only some have a {role} column")
         return np.concatenate(values)  # type: ignore[arg-type]
 
+    sessions = [p.session for p in parts]
+    if any(s is not None for s in sessions) and not all(s is not None for s in sessions):
+        raise DataError("the ready-made split files disagree: only some have a session column")
     return RawInteractions(
         user=ids([p.user for p in parts]),
+        session=ids(sessions) if sessions and sessions[0] is not None else None,  # type: ignore[arg-type]
         item=ids([p.item for p in parts]),
         rating=numeric([p.rating for p in parts], "rating"),
         time=numeric([p.time for p in parts], "timestamp"),

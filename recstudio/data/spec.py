@@ -1,7 +1,7 @@
 """Dataset specs: a YAML file that says which raw files hold a dataset and how to read them.
 
 A spec is data, not code. It names the files (format, separator, header or column list,
-encoding), the role of each column (user, item, rating, timestamp), optional user/item feature
+encoding), the role of each column (user, item, rating, timestamp, session), optional user/item feature
 files, optional sequence files or ready-made splits, where to download the raw files and their
 checksums, and the config layers the dataset suggests (``defaults``). Validation happens once, in
 ``load_spec``, and every error names the spec file and the dotted key at fault.
@@ -80,7 +80,7 @@ CONTEXT_FIELD_TYPES = ("categorical", "bucket")
 CHECKSUM_KINDS = ("sha256", "git-blob")
 
 _FILE_KEYS = ("file", "format", "sep", "header", "columns", "encoding", "quote", "dtypes")
-_INTER_ROLES = ("user", "item", "rating", "timestamp")
+_INTER_ROLES = ("user", "item", "rating", "timestamp", "session")
 _SEQ_ROLES = ("user", "items")
 _TOP_KEYS = (
     "name",
@@ -411,9 +411,8 @@ class DatasetSpec:
 
     def search_dirs(self, data_dir: str | Path | None = None, folder: str | None = None) -> list[Path]:
         """Folders searched for raw files of ``folder`` (default: the spec's), in order (see
-        ``datasets/README.md``). For a part's own folder, a spec given by path also looks in
-        ``<its folder>/<folder>``, then in its own folder."""
-        own_folder = folder is None or folder == self.folder
+        ``datasets/README.md``). A spec given by path also looks in ``<its folder>/<folder>``,
+        then in its own folder."""
         folder = folder or self.folder
         dirs: list[Path] = []
         if data_dir is not None:
@@ -423,9 +422,7 @@ class DatasetSpec:
             dirs += [Path(env) / folder, Path(env)]
         dirs.append(Path.cwd() / "datasets" / folder)
         if self.origin is not None and not self.builtin:
-            if not own_folder:
-                dirs.append(self.origin.parent / folder)
-            dirs.append(self.origin.parent)
+            dirs += [self.origin.parent / folder, self.origin.parent]
         return list(dict.fromkeys(d.absolute() for d in dirs))
 
 

@@ -40,11 +40,11 @@ Activation = Literal["relu", "gelu"]
 
 
 SEQUENCE_DEFAULT_OVERRIDES: dict = {
-    "data": {"split": "loo"},
+    "data": {"split": "loo", "by_session": True},
     "train": {"learning_rate": 1e-3, "batch_size": 256},
 }
-"""Section defaults shared by transformer sequence models: chronological leave-one-out, and
-256 sequences per batch."""
+"""Section defaults shared by sequence models: chronological leave-one-out, one sequence per
+session where the dataset has sessions, and 256 sequences per batch."""
 
 TRANSFORMER_SEARCH_SPACE: dict = {
     "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

@@ -141,6 +141,37 @@ class BCELoss(SampledLoss):
         return (pos_term - F.logsigmoid(-neg).mean(-1)).mean()
 
 
+class GBCELoss(SampledLoss):
+    """Generalised binary cross-entropy (gBCE) of gSASRec, for many sampled negatives.
+
+    L = -beta log sigmoid(s_pos) - sum_k log sigmoid(-s_k), with beta = a (t (1 - 1/a) + 1/a)
+    and a = K / (N - 1) the share of the N - 1 other items that the K uniform negatives cover.
+    Sampling K of N - 1 negatives makes plain BCE overconfident (it learns sigma(s_pos) near 1
+    whatever the data); raising the positive's probability to the power beta <= 1 undoes it, by
+    calibration t in [0, 1] (t = 0: beta = 1, plain BCE with summed negatives; t = 1: beta = a,
+    fully calibrated; the paper's default 0.75). Unlike ``bce`` the negatives are summed.
+    Reference: Petrov & Macdonald, "gSASRec: Reducing Overconfidence in Sequential
+    Recommendation Trained with Negative Sampling" (RecSys 2023), Eq. 7-8.
+    """
+
+    def __init__(self, num_items: int, num_negatives: int = 1, calibration: float = 0.75) -> None:
+        super().__init__()
+        if not 0.0 <= calibration <= 1.0:
+            raise ConfigError(f"gbce calibration must be in [0, 1], got {calibration}")
+        # num_items counts the padding row 0: the real catalogue has num_items - 1 items
+        alpha = num_negatives / max(num_items - 2, 1)
+        self.beta = alpha * (calibration * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        log_q_pos: torch.Tensor | None = None,
+        log_q_neg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return (-self.beta * F.logsigmoid(pos) - F.logsigmoid(-neg).sum(-1)).mean()
+
+
 class HingeLoss(SampledLoss):
     """Pairwise hinge: L = (1/K) sum_k max(0, margin - s_pos + s_k).
 
@@ -227,6 +258,8 @@ def contrastive_loss(
     temperature: float,
     target: torch.Tensor | None = None,
     reduction: str = "mean",
+    similarity: str = "cosine",
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE over cosine similarities, the self-supervised loss of graph contrastive models
     (SGL, SimGCL, XSimGCL, NCL): with a_b = anchor_b / |anchor_b| and c_j likewise,
@@ -238,6 +271,12 @@ def contrastive_loss(
     negatives (in-batch). With all nodes (or all prototypes) as candidates and their ids as
     target, the negatives are the whole table (NCL). Returns the mean over the B anchors
     (``reduction="none"``: the loss of each anchor, [B]).
+
+    ``similarity="dot"`` scores raw inner products instead of cosines (the sequential contrastive
+    models CL4SRec, DuoRec, ICLRec and CoSeRec, whose authors' code uses dot products).
+    ``exclude`` (bool [B, N]) drops candidates from an anchor's softmax (never its positive): the
+    anchor itself when both views are stacked as candidates (the 2N-sample NT-Xent of SimCLR),
+    or known false negatives.
     Reference: van den Oord et al. (2018); Chen et al., "A Simple Framework for Contrastive
     Learning of Visual Representations" (ICML 2020) for the cosine / temperature form.
     """
@@ -250,8 +289,17 @@ def contrastive_loss(
                 f"{tuple(candidates.shape)} for anchors {tuple(anchor.shape)}"
             )
         target = torch.arange(anchor.shape[0], device=anchor.device)
-    logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
-    return F.cross_entropy(logits / temperature, target, reduction=reduction)
+    if similarity == "cosine":
+        logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
+    elif similarity == "dot":
+        logits = anchor @ candidates.T
+    else:
+        raise ConfigError(f"contrastive similarity must be cosine or dot, got {similarity!r}")
+    logits = logits / temperature
+    if exclude is not None:
+        keep_target = torch.zeros_like(exclude).scatter_(1, target[:, None], True)
+        logits = logits.masked_fill(exclude & ~keep_target, -torch.inf)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def view_contrast(
@@ -417,6 +465,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "sampled_softmax": SampledSoftmaxLoss,
     "bpr": BPRLoss,
     "bce": BCELoss,
+    "gbce": GBCELoss,
     "hinge": HingeLoss,
     "warp": WARPLoss,
     "infonce": InfoNCELoss,

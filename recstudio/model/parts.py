@@ -33,12 +33,13 @@ class RankingParts:
         "margin": ">= 0",
         "negative_weight": ">= 0",
         "positive_weight": "> 0",
+        "gbce_calibration": "[0, 1]",
         "scorer_hidden_sizes": ">= 1",
     }
     """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     loss: str = "bpr"
-    """Training loss: softmax, sampled_softmax, bpr, bce, hinge, warp, infonce, wrmf, pris, ccl."""
+    """Training loss: softmax, sampled_softmax, bpr, bce, gbce, hinge, warp, infonce, wrmf, pris, ccl."""
     num_negatives: int = 1
     """Negatives drawn per positive for sampled losses."""
     sampler: str = "uniform"
@@ -58,6 +59,8 @@ class RankingParts:
     """Weight of the negative term of the ccl and wrmf losses (None: 1.0)."""
     positive_weight: float | None = None
     """Confidence weight of the positive term of bce (None: 1.0; LogisticMF's alpha)."""
+    gbce_calibration: float | None = None
+    """Calibration t of the gbce loss (None: 0.75, gSASRec's default; 0: BCE with summed negatives)."""
     scorer_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     """Hidden layer sizes of the mlp scorer."""
 
@@ -82,6 +85,10 @@ class RankingParts:
             raise ConfigError(f"config key 'model.negative_weight' must be >= 0, got {self.negative_weight}")
         if self.positive_weight is not None and self.positive_weight <= 0:
             raise ConfigError(f"config key 'model.positive_weight' must be > 0, got {self.positive_weight}")
+        if self.gbce_calibration is not None and not 0.0 <= self.gbce_calibration <= 1.0:
+            raise ConfigError(
+                f"config key 'model.gbce_calibration' must be in [0, 1], got {self.gbce_calibration}"
+            )
         if not self.scorer_hidden_sizes or any(h < 1 for h in self.scorer_hidden_sizes):
             raise ConfigError(
                 "config key 'model.scorer_hidden_sizes' must be positive sizes, "
@@ -103,6 +110,8 @@ def build_loss_from(config: RankingParts, num_items: int) -> nn.Module:
         "margin": config.margin,
         "negative_weight": config.negative_weight,
         "positive_weight": config.positive_weight,
+        "calibration": config.gbce_calibration,
+        "num_negatives": config.num_negatives,
         "num_items": num_items,
     }
     cls = LOSSES[config.loss]
