@@ -339,3 +339,14 @@ def test_split_nodes_gives_the_same_rows_and_gradients_as_slicing() -> None:
     w_u, w_i = torch.randn(3, 3), torch.randn(4, 3)
     (users * w_u).sum().add((items * w_i).sum()).backward()
     torch.testing.assert_close(table.grad, torch.cat([w_u, w_i]))
+
+
+def test_ngcf_layer_is_the_papers_two_transforms():
+    from recstudio.model.general.ngcf import NGCFLayer
+
+    torch.manual_seed(0)
+    layer = NGCFLayer(8, 5)
+    torch.nn.init.normal_(layer.w2.bias)
+    side, x = torch.randn(7, 8), torch.randn(7, 8)
+    expected = layer.w1(side + x) + layer.w2(side * x)
+    assert torch.allclose(layer(side, x), expected, atol=1e-6)

@@ -5,7 +5,8 @@ propagated over the normalised user–item graph L = D^-1/2 A D^-1/2 with, per l
 
     E^(l+1) = LeakyReLU( (L + I) E^(l) W1 + (L E^(l) ⊙ E^(l)) W2 ),
 
-followed by message dropout and row-wise L2 normalisation (the authors' code); the final user and
+followed by message dropout (``layers.dropout``: the rate rounded to a multiple of 1/256 on
+CPU) and row-wise L2 normalisation (the authors' code); the final user and
 item vectors concatenate layers 0..L (eq. 9) and the score is their inner product. Training is BPR
 on (user, positive, negative) with an L2 penalty on the layer-0 rows of the batch.
 
@@ -35,6 +36,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.graph import PropagatedTwoTower, normalized_adjacency, split_nodes
+from recstudio.model.layers import dropout
 from recstudio.model.ops import user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -53,7 +55,8 @@ class NGCFLayer(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, side: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.w1(side + x) + self.w2(side * x)
+        # the second product accumulates into the first (one addmm, no separate sum)
+        return torch.addmm(self.w1(side + x), side * x, self.w2.weight.t()) + self.w2.bias
 
 
 @register
@@ -129,7 +132,7 @@ class NGCF(PropagatedTwoTower):
         out = [x]
         for layer in self.layers:
             x = F.leaky_relu(layer(self.adjacency(x, value), x), negative_slope=0.2)
-            x = F.dropout(x, self.config.message_dropout, self.training)
+            x = dropout(x, self.config.message_dropout, self.training)
             x = F.normalize(x, p=2, dim=1)
             out.append(x)
         table = torch.cat(out, dim=1)
