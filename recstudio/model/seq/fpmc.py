@@ -1,0 +1,143 @@
+"""FPMC: factorizing personalized Markov chains.
+
+Rendle, Freudenthaler, Schmidt-Thieme. "Factorizing Personalized Markov Chains for Next-Basket
+Recommendation." WWW 2010. The score of item i for user u after item l is the sum of a matrix
+factorisation term and a factorised first-order transition term:
+
+    x(u, l, i) = <V_u^{UI}, V_i^{IU}> + <V_i^{IL}, V_l^{LI}>
+
+(the paper's pairwise user-item and item-item interactions of its Tucker decomposition; the
+user-last-item term cancels in the ranking and is dropped there too). Written as one inner
+product, the query is ``[V_u^{UI}, V_l^{LI}]`` and the item vector ``[V_i^{IU}, V_i^{IL}]``, so
+FPMC is an item-tower model: every shared loss and sampler applies, and full ranking is one
+matmul.
+
+Training is whole-sequence (the ``seq2seq`` view): at every position t the previous item l is
+s_t and the target s_{t+1}, all positions of a user in one step. The query at evaluation uses
+the user's most recent item.
+
+Departures: the paper's baskets are single items here (sequences of interactions, as RecBole
+does); the paper's S-BPR with one sampled negative and SGD becomes BPR (the default ``loss``,
+faithful to S-BPR) with Adam, over sampled negatives that exclude the user's training items;
+the paper's L2 penalty on the factors is ``train.weight_decay``. Factors start N(0, 0.01^2), the
+paper's initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from recstudio.config import EvalConfig, TrainConfig
+from recstudio.data.dataset import PreparedData
+from recstudio.errors import ConfigError
+from recstudio.model.base import ItemTowerRecommender
+from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, trim_left_padding
+from recstudio.model.ops import Embedding
+from recstudio.model.parts import RankingParts
+from recstudio.model.registry import register
+
+
+@dataclass
+class FPMCConfig(RankingParts):
+    """Hyperparameters of FPMC; embedding size as RecBole 1.2.1's FPMC."""
+
+    ranges: ClassVar[dict[str, str]] = {"max_seq_len": ">= 1", "embed_dim": ">= 1", "init_std": "> 0"}
+    """Allowed values, checked when the config is built (``--set`` errors name the key)."""
+
+    max_seq_len: int = 50
+    """Positions of a user's sequence trained on per step (the most recent ones); FPMC itself
+    reads only the last item, so this bounds work, not context."""
+    embed_dim: int = 64
+    """Width of each of the four factor tables (query and item vectors are twice as wide)."""
+    init_std: float = 0.01
+    """Standard deviation of the normal initialisation of the factors (the paper's 0.01)."""
+    loss: str = "bpr"
+    """bpr: the paper's S-BPR with sampled negatives; any other ``RankingParts`` loss works."""
+
+    def validate(self) -> None:
+        """Reject values that would fail later with a less clear message."""
+        super().validate()
+        for key in ("max_seq_len", "embed_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.init_std <= 0:
+            raise ConfigError(f"config key 'model.init_std' must be > 0, got {self.init_std}")
+
+
+@register
+class FPMC(ItemTowerRecommender):
+    """Matrix factorisation plus a factorised first-order Markov chain; query = [user, last item]."""
+
+    family = "sequential"
+    Config = FPMCConfig
+    description = "Factorizing personalized Markov chains (Rendle et al., WWW 2010)"
+    default_overrides = {
+        **SEQUENCE_DEFAULT_OVERRIDES,
+        "train": {**SEQUENCE_DEFAULT_OVERRIDES["train"], "learning_rate": 5e-3},
+    }
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+        "train.weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5, 1e-4]},
+        "embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+        "loss": {"type": "categorical", "choices": ["bpr", "bce", "softmax"]},
+        "num_negatives": {"type": "categorical", "choices": [1, 4, 16]},
+    }
+
+    @classmethod
+    def data_contract(cls, config: FPMCConfig) -> DataContract:
+        """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
+        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
+
+    def __init__(
+        self,
+        config: FPMCConfig,
+        data: PreparedData,
+        train_config: TrainConfig | None = None,
+        eval_config: EvalConfig | None = None,
+    ) -> None:
+        super().__init__(config, data, train_config, eval_config)
+        d = config.embed_dim
+        self.max_seq_len = config.max_seq_len
+        self.user_ui = Embedding(data.num_users, d)  # V^{UI}
+        self.item_iu = Embedding(data.num_items, d)  # V^{IU}
+        self.item_il = Embedding(data.num_items, d)  # V^{IL}
+        self.last_li = Embedding(data.num_items, d, padding_idx=0)  # V^{LI}
+        for table in (self.user_ui, self.item_iu, self.item_il, self.last_li):
+            nn.init.normal_(table.weight, std=config.init_std)
+        with torch.no_grad():
+            self.last_li.weight[0].zero_()
+        self.build_ranking_parts(data, dim=2 * d)
+
+    def encode(self, seq: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Queries [B, L, 2d]: ``[V_u^{UI}, V_{s_t}^{LI}]`` at every position t (after item s_t)."""
+        user = self.user_ui(users)[:, None, :].expand(-1, seq.shape[1], -1)
+        return torch.cat([user, self.last_li(seq)], dim=-1)
+
+    def item_vectors(self) -> torch.Tensor:
+        """``[V_i^{IU}, V_i^{IL}]`` [num_items, 2d]."""
+        return torch.cat([self.item_iu.weight, self.item_il.weight], dim=1)
+
+    def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Query after the most recent item [B, 2d]."""
+        return self.encode(batch["seq"][:, -1:], batch["user"])[:, -1]
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-item loss at every position that has a target, in one step per batch."""
+        seq, target = trim_left_padding(
+            batch["seq"][:, -self.max_seq_len :], batch["target"][:, -self.max_seq_len :]
+        )
+        hidden = self.encode(seq, batch["user"])
+        valid = target != 0
+        if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
+            return hidden.sum() * 0.0
+        users = batch["user"][:, None].expand_as(target)[valid]
+        return self.ranking_loss(hidden[valid], target[valid], users=users)
+
+    def extra_repr(self) -> str:
+        return f"num_users={self.num_users}, num_items={self.num_items}"
