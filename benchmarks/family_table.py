@@ -38,7 +38,7 @@ def run_one(model: str, dataset: str, max_minutes: float | None, sets: list[str]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("Error: ")
         return {"model": model, "error": last, "wall_seconds": wall}
     result = json.loads(proc.stdout)
     result["wall_seconds"] = wall
