@@ -30,6 +30,7 @@ Knowledge graphs and side features:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -295,6 +296,28 @@ def trim_left_padding(
     if start == 0:
         return (seq, *others)
     return (seq[:, start:], *(t[:, start:] for t in others))
+
+
+def next_item_loss(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    hidden_of: Callable[[torch.Tensor], torch.Tensor],
+    items: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Whole-sequence next-item training shared by causal sequence models: the last
+    ``model.max_seq_len`` items of each ``seq2seq`` sample, trimmed of all-padding columns, are
+    encoded once by ``hidden_of`` ([B, L] -> [B, L, d], position t seeing items <= t), and the
+    model's ranking loss is taken at every position that has a target (``items``: the item
+    vectors to score against, default the model's own)."""
+    seq, target = trim_left_padding(
+        batch["seq"][:, -model.max_seq_len :], batch["target"][:, -model.max_seq_len :]
+    )
+    hidden = hidden_of(seq)
+    valid = target != 0
+    if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
+        return hidden.sum() * 0.0
+    users = batch["user"][:, None].expand_as(target)[valid]
+    return model.ranking_loss(hidden[valid], target[valid], users=users, items=items)
 
 
 def left_padded_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

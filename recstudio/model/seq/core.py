@@ -47,6 +47,7 @@ from recstudio.model.layers import (
     TransformerEncoder,
     attention_mask,
     init_weights,
+    next_item_loss,
     trim_left_padding,
 )
 from recstudio.model.parts import RankingParts
@@ -202,16 +203,8 @@ class CORE(ItemTowerRecommender):
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-item loss at every position that has a target, against dropped-out item embeddings."""
-        seq, target = trim_left_padding(
-            batch["seq"][:, -self.max_seq_len :], batch["target"][:, -self.max_seq_len :]
-        )
-        hidden = self.encode(seq)
-        valid = target != 0
-        if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
-            return hidden.sum() * 0.0
-        users = batch["user"][:, None].expand_as(target)[valid]
         items = self.item_dropout(self.item_vectors())
-        return self.ranking_loss(hidden[valid], target[valid], users=users, items=items)
+        return next_item_loss(self, batch, self.encode, items=items)
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, max_seq_len={self.max_seq_len}, encoder={self.config.encoder}"

@@ -36,7 +36,7 @@ from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
 from recstudio.model.contract import DataContract, TrainInput
-from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, Dropout, trim_left_padding
+from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, Dropout, next_item_loss, trim_left_padding
 from recstudio.model.ops import Embedding
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -130,15 +130,7 @@ class NPE(ItemTowerRecommender):
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-item loss at every position that has a target, in one forward pass per batch."""
-        seq, target = trim_left_padding(
-            batch["seq"][:, -self.max_seq_len :], batch["target"][:, -self.max_seq_len :]
-        )
-        hidden = self.encode(seq, batch["user"])
-        valid = target != 0
-        if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
-            return hidden.sum() * 0.0
-        users = batch["user"][:, None].expand_as(target)[valid]
-        return self.ranking_loss(hidden[valid], target[valid], users=users)
+        return next_item_loss(self, batch, lambda seq: self.encode(seq, batch["user"]))
 
     def extra_repr(self) -> str:
         return f"num_users={self.num_users}, num_items={self.num_items}"
