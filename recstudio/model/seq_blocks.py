@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -312,3 +313,17 @@ class SameTargetPrefixes(nn.Module):
         source = at[:, None] - self.max_len + steps[None, :]  # the max_len rows before it
         real = (source >= self.first[at][:, None]) & (count[:, None] > 0)
         return self.items[source.clamp_min(0)] * real
+
+
+def window_next_item_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The window models' (Caser, HGN) whole-sequence training: the window of the last
+    ``model.window`` items ending at every position that has a target becomes a query through
+    ``model.window_queries(windows, users)``, and the model's ranking loss is taken on all of them."""
+    seq = batch["seq"][:, -model.max_seq_len :]
+    target = batch["target"][:, -model.max_seq_len :]
+    valid = target != 0
+    if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
+        return model.item_emb.weight.sum() * 0.0
+    users = batch["user"][:, None].expand_as(target)[valid]
+    query = model.window_queries(item_windows(seq, model.window)[valid], users)
+    return model.ranking_loss(query, target[valid], users=users)

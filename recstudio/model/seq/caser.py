@@ -44,7 +44,7 @@ from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, Dropout
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
-from recstudio.model.seq_blocks import item_windows
+from recstudio.model.seq_blocks import item_windows, window_next_item_loss
 
 
 @dataclass
@@ -181,14 +181,7 @@ class Caser(ItemTowerRecommender):
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-item loss of the window ending at every position that has a target."""
-        seq = batch["seq"][:, -self.max_seq_len :]
-        target = batch["target"][:, -self.max_seq_len :]
-        valid = target != 0
-        if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
-            return self.item_emb.weight.sum() * 0.0
-        users = batch["user"][:, None].expand_as(target)[valid]
-        query = self.window_queries(item_windows(seq, self.window)[valid], users)
-        return self.ranking_loss(query, target[valid], users=users)
+        return window_next_item_loss(self, batch)
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, window={self.window}, max_seq_len={self.max_seq_len}"
