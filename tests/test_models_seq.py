@@ -279,3 +279,24 @@ def test_gsasrec_is_sasrec_with_calibrated_gbce(data):
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.embedding.item.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bce"])
+def test_separate_output_embedding_scores_against_its_own_table(loss, data):
+    from recstudio.model.seq.cl4srec import CL4SRec, CL4SRecConfig
+
+    tied = build(SASRec, SASRecConfig, data, loss=loss, num_negatives=4)
+    assert tied.item_vectors() is tied.embedding.item.weight
+    model = build(SASRec, SASRecConfig, data, loss=loss, num_negatives=4, separate_output_embedding=True)
+    out = model.item_vectors()
+    assert out is model.output_item.weight and out.shape == (data.num_items, 16)
+    loss_value = model.training_loss(seq2seq_batch(ROWS, 12))
+    loss_value.backward()
+    assert model.output_item.weight.grad.abs().sum() > 0  # scores use the output table
+    assert model.embedding.item.weight.grad.abs().sum() > 0  # and the input table still learns
+    scores = model.eval().score_batch(seq_batch(ROWS, 12))
+    assert scores.shape == (len(ROWS), data.num_items)
+    # CL4SRec's input table has an extra [mask] row; its outputs are the num_items rows only
+    cl = build(CL4SRec, CL4SRecConfig, data, separate_output_embedding=True)
+    assert cl.item_vectors() is not None and cl.item_vectors().shape == (data.num_items, 16)
+    assert cl.embedding.item.weight.shape[0] == data.num_items + 1

@@ -186,8 +186,8 @@ class CL4SRec(SASRec):
         )
 
     def item_vectors(self) -> torch.Tensor:
-        """Rows 0..num_items-1 of the input table (the [mask] row is never an output)."""
-        return self.embedding.item.weight[: self.num_items]
+        """Rows 0..num_items-1 of the output table (the input table's [mask] row is never an output)."""
+        return super().item_vectors()[: self.num_items]
 
     def next_item_loss(self, hidden: torch.Tensor, target: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """SASRec's loss at every position that has a target."""

@@ -70,6 +70,9 @@ class SASRecConfig(RankingParts):
     """Attention heads (the paper uses 1); hidden_size must be divisible by it."""
     dropout: float = 0.2
     """Dropout on embeddings, attention weights and hidden states."""
+    separate_output_embedding: bool = False
+    """Score items against their own output table instead of the input embedding table (the
+    paper ties them; the gSASRec authors' code unties them, ``reuse_item_embeddings=False``)."""
     loss: str = "softmax"
     """softmax: cross-entropy over all items; sampled_softmax: over sampled negatives (log-Q
     corrected); bce: binary cross-entropy with sampled negatives (the paper's); any other loss of
@@ -132,6 +135,9 @@ class SASRec(ItemTowerRecommender):
             activation="relu",
             norm_first=True,
         )
+        self.output_item = (
+            torch.nn.Embedding(self.num_items, d, padding_idx=0) if config.separate_output_embedding else None
+        )
         init_weights(self)
         self.build_ranking_parts(data, dim=d)
 
@@ -140,7 +146,10 @@ class SASRec(ItemTowerRecommender):
         return self.encoder(self.embedding(seq), attention_mask(seq, causal=True))
 
     def item_vectors(self) -> torch.Tensor:
-        """The item embedding table [num_items, d] (shared with the input embedding)."""
+        """The output item table [num_items, d]: the input embedding table unless
+        ``separate_output_embedding``."""
+        if self.output_item is not None:
+            return self.output_item.weight
         return self.embedding.item.weight
 
     def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
