@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,8 @@ def run_ours(model: str, dataset: str, data: Any, epochs: int) -> dict[str, Any]
         "best_epoch": result["best_epoch"] + 1,  # ours counts from 0, RecBole's runner from 1
         "train_epoch_s": timings.get("train_epoch_seconds_median"),
         "seconds": round(time.perf_counter() - t0, 1),
+        # the process's peak so far (data preparation included): one model per run to read it alone
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
@@ -141,12 +144,19 @@ def seconds_cell(side: dict[str, Any] | None) -> str:
     return f"{side['train_epoch_s']:.2f}"
 
 
+def memory_cell(side: dict[str, Any] | None) -> str:
+    if not side or "error" in side or side.get("peak_rss_mb") is None:
+        return "-"
+    return str(side["peak_rss_mb"])
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         "\n| model | data (our split, exported) | metrics | ours valid | ours test | RecBole valid "
-        "| RecBole test | best/epochs ours | best/epochs RecBole | s/epoch ours | s/epoch RecBole |"
+        "| RecBole test | best/epochs ours | best/epochs RecBole | s/epoch ours | s/epoch RecBole "
+        "| peak RSS MB ours | peak RSS MB RecBole |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 13)
     for row in rows:
         keys = headline(row["kind"])
         ours, rb = row.get("ours"), row.get("recbole")
@@ -154,7 +164,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"| {row['model']} | {row['dataset']}: {row['protocol']} | {' / '.join(keys)} "
             f"| {cell(ours, 'valid', keys)} | {cell(ours, 'test', keys)} "
             f"| {cell(rb, 'valid', keys)} | {cell(rb, 'test', keys)} "
-            f"| {epochs_cell(ours)} | {epochs_cell(rb)} | {seconds_cell(ours)} | {seconds_cell(rb)} |"
+            f"| {epochs_cell(ours)} | {epochs_cell(rb)} | {seconds_cell(ours)} | {seconds_cell(rb)} "
+            f"| {memory_cell(ours)} | {memory_cell(rb)} |"
         )
     for row in rows:
         for side in ("ours", "recbole"):

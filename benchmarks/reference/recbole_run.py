@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -345,6 +346,7 @@ def main() -> None:
         },
         device=args.device,
         workdir=workdir,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     )
     print(json.dumps(out, default=str), flush=True)
 
