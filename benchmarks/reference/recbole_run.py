@@ -64,6 +64,11 @@ def header_fields(path: Path) -> list[str]:
         return [col.split(":")[0] for col in f.readline().rstrip("\n").split("\t")]
 
 
+ALWAYS_BPR = {"FPMC", "TransRec"}
+"""Sequential models whose RecBole loss is BPR whatever ``loss_type`` says: they read a sampled
+negative per training instance."""
+
+
 def build_config(args: argparse.Namespace, kind: str, ckpt: str, has_embedding: bool) -> dict[str, Any]:
     """RecBole config dict for one run (see the module docstring for each departure)."""
     folder = Path(args.data) / args.dataset
@@ -123,7 +128,7 @@ def build_config(args: argparse.Namespace, kind: str, ckpt: str, has_embedding: 
         import yaml
 
         config[key] = yaml.safe_load(value)
-    if kind == "sequential" and config.get("loss_type") == "BPR":
+    if kind == "sequential" and (config.get("loss_type") == "BPR" or args.model in ALWAYS_BPR):
         config["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
     return config
 
