@@ -18,8 +18,9 @@ is c_t at the most recent item.
 Departures: the loss defaults to the full softmax cross-entropy (the paper's cross-entropy over
 all items, RecBole's ``CE``) with Adam; the GRU keeps its biases (RecBole drops them); sizes and
 dropouts are RecBole 1.2.1's (embedding 64, hidden 128, dropout 0.25 on the embeddings and 0.5
-on c_t; the paper: 50, 100, same dropouts). The input is the last 20 items (RecBole: 50), for
-cost: the [B, L, L, H] attention dominates a training step; Adam at 5e-3 (RecBole: 1e-3).
+on c_t; the paper: 50, 100, same dropouts). The input is the last 50 items (RecBole's); the
+[B, L, L, H] attention dominates a training step, so 20 items cost ~5x less per epoch but rank
+worse (see ``max_seq_len``). Adam at 5e-3 (RecBole: 1e-3).
 The attention weights are unnormalised, as in the paper and RecBole.
 """
 
@@ -63,11 +64,12 @@ class NARMConfig(RankingParts):
     }
     """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
-    max_seq_len: int = 20
+    max_seq_len: int = 50
     """Longest input sequence (the most recent items are kept); the attention's pairwise tensor
-    grows with its square. RecBole's MAX_ITEM_LIST_LENGTH is 50; on ml-100k (lr 5e-3) 20 reached
-    valid NDCG@10 0.0866 at epoch 26, while 50 costs ~4.5x per epoch and had reached 0.0793
-    when the 12-minute cap stopped it at epoch 17."""
+    grows with its square. RecBole's MAX_ITEM_LIST_LENGTH is 50. On ml-100k (lr 5e-3) 20 items
+    reached valid NDCG@10 0.0845-0.0895 (three seeds) at 1.15 s per epoch; 50 items 0.0955 and
+    0.0977 (two seeds; test 0.0959 and 0.0945 against 0.0788-0.0901) at ~5.5 s per epoch
+    (an earlier 50-item run, capped at epoch 17 on a loaded core, had misled us into 20)."""
     embed_dim: int = 64
     hidden_size: int = 128
     """GRU state size (also the width of the attention)."""
