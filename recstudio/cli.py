@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "evaluate_command",
         "Full-ranking metrics of a saved checkpoint (a run's or a file).",
     ),
+    "recommend": (
+        "recstudio.commands.recommend",
+        "recommend_command",
+        "Top-k items for users from a logged or registered MLflow model.",
+    ),
     "models": ("recstudio.commands.models", "models_command", "List the registered models by family."),
     "datasets": ("recstudio.data.cli", "datasets", "List, prepare, inspect or clear datasets and the cache."),
     "ui": ("recstudio.commands.ui", "ui_command", "Serve the MLflow UI for the local tracking store."),

@@ -53,6 +53,8 @@ class RunOptions:
     checkpoint_dir: str | None = None
     callbacks: list[Any] = field(default_factory=list)
     """Extra Lightning callbacks (e.g. Optuna pruning)."""
+    log_model: bool = True
+    """Log the best model as an MLflow model (``runs:/<run id>/model``, servable; tracked runs)."""
 
 
 def _resolve_devices(options: RunOptions) -> tuple[str, int]:
@@ -693,7 +695,23 @@ def train_and_test(
         tracker.log_metrics(final_metrics(result, cfg.train.monitor), step=result.best_epoch)
         tracker.log_artifact(str(best_path), "checkpoints")
         result.checkpoint = tracker.artifact_location(f"checkpoints/{best_path.name}")
+        if options.log_model:
+            t0 = time.perf_counter()
+            _log_served_model(tracker, cfg, data, best_path, model)
+            timings["model_log_seconds"] = time.perf_counter() - t0
     return result
+
+
+def _log_served_model(tracker: Any, cfg: ResolvedConfig, data: Any, best_path: Path, model: Any) -> None:
+    """The servable MLflow model of the run; a failure here costs the model, not the run."""
+    from recstudio.serve.pyfunc import log_served_model
+
+    try:
+        uri = log_served_model(tracker, cfg, data, best_path, model)
+        tracker.set_tags({"recstudio.model_uri": uri})
+    except Exception as exc:  # the metrics and checkpoint are logged already
+        log.warning("could not log the servable MLflow model: %s: %s", type(exc).__name__, exc)
+        tracker.set_tags({"recstudio.model_error": f"{type(exc).__name__}: {exc}"[:5000]})
 
 
 def state_size(model: Any) -> int:

@@ -112,6 +112,12 @@ def parse_devices(devices: str) -> int | str:
 @click.command("run")
 @common_run_options
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the result is only printed).")
+@click.option(
+    "--no-log-model",
+    is_flag=True,
+    help="Do not log the servable MLflow model (runs:/RUN_ID/model: weights, config, id vocabularies, "
+    "data and item index); metrics and the checkpoint are still logged.",
+)
 @config_flags()
 def run_command(
     model,
@@ -129,6 +135,7 @@ def run_command(
     progress,
     verbose,
     no_tracking,
+    no_log_model,
     config_flags,
 ) -> None:
     """Train and evaluate one model with full-ranking metrics, tracked as an MLflow run.
@@ -150,6 +157,7 @@ def run_command(
         data_dir=data_dir,
         cache_dir=cache_dir,
         tracking=not no_tracking,
+        log_model=not no_log_model,
         tracking_uri=tracking_uri,
         experiment=experiment or "recstudio",
         accelerator=accelerator,

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from recstudio.commands.options import config_flags
-from recstudio.commands.run import common_run_options, parse_devices
+from recstudio.commands.run import TRACKING_URI_HELP, common_run_options, parse_devices
 from recstudio.tune.objectives import COSTS
 from recstudio.tune.strategies import PRUNER_HELP, PRUNERS, SAMPLERS
 
@@ -355,9 +355,25 @@ def studies_command(storage: str | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Write the best trial's full config as YAML (recstudio run --config FILE reproduces it).",
 )
+@click.option(
+    "--register",
+    "register",
+    metavar="NAME",
+    help="Register the best trial's model in the MLflow Model Registry as NAME (a new version); "
+    "serve it with: mlflow models serve --env-manager local -m models:/NAME/latest.",
+)
+@click.option("--tracking-uri", help=f"Where the trials' runs are (for --register). {TRACKING_URI_HELP}")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def best_command(study_name: str, storage: str | None, export: str | None, as_json: bool) -> None:
-    """Show a study's best trial: value, params, MLflow run id; optionally export its config."""
+def best_command(
+    study_name: str,
+    storage: str | None,
+    export: str | None,
+    register: str | None,
+    tracking_uri: str | None,
+    as_json: bool,
+) -> None:
+    """Show a study's best trial: value, params, MLflow run id; optionally export its config
+    and register its model."""
     from recstudio.tune.objectives import primary_value
     from recstudio.tune.results import best_trial, export_config, trial_summary
     from recstudio.tune.storage import open_existing
@@ -370,6 +386,11 @@ def best_command(study_name: str, storage: str | None, export: str | None, as_js
     info["parent_run_id"] = study.user_attrs.get("mlflow_parent_run_id")
     if export:
         info["exported"] = str(export_config(study, trial, export))
+    if register:
+        from recstudio.serve.registry import register_run_model
+
+        version = register_run_model(info.get("run_id"), register, tracking_uri, f"trial {trial.number}")
+        info["registered"] = {"name": register, "version": version, "uri": f"models:/{register}/{version}"}
     if as_json:
         click.echo(json.dumps(info, default=str))
         return
@@ -388,3 +409,7 @@ def best_command(study_name: str, storage: str | None, export: str | None, as_js
     click.echo(f"  MLflow run {info.get('run_id') or '-'}")
     if export:
         click.echo(f"  config written to {export}; reproduce with: recstudio run --config {export}")
+    if register:
+        reg = info["registered"]
+        click.echo(f"  registered as {reg['uri']}")
+        click.echo(f"  serve it: mlflow models serve --env-manager local -m {reg['uri']}")
