@@ -267,3 +267,17 @@ def test_compose_config_renders(tmp_path: Path):
         assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
         assert env_of(worker)["PGPASSWORD"] == secret
         assert env_of(rendered["services"]["postgres"])["POSTGRES_PASSWORD"] == secret
+
+
+def test_optional_serving_service(services: dict):
+    """The serve profile answers for a registered model from the tracking server, on loopback."""
+    serve = services["serve"]
+    assert serve["profiles"] == ["serve"]  # not started by a plain `docker compose up`
+    assert serve["image"] == services["worker"]["image"]
+    text = " ".join(serve["command"])
+    assert text.startswith("mlflow models serve") and "--env-manager=local" in text
+    assert "--model-uri=models:/${RECSTUDIO_SERVE_MODEL" in text and "--host=0.0.0.0" in text
+    assert env_of(serve)["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert published_hosts(serve["ports"]) == ["127.0.0.1"]
+    assert depends(serve) == {"mlflow": "service_healthy"}
+    assert "/ping" in " ".join(serve["healthcheck"]["test"])

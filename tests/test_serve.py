@@ -4,18 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
+from recstudio.serve.server import ModelServer
 from tests.test_cli_run import cli, write_toy_dataset
 
 
@@ -50,50 +44,6 @@ def _evaluation_top_k(workdir: Path, run_id: str, k: int) -> dict[str, list]:
         for user, row in zip(batch["user"].tolist(), ids.tolist(), strict=True):
             out[str(data.user_vocab[user])] = [data.item_vocab[i] for i in row]
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(port: int, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def _serve(model_uri: str, workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri(workdir)}
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "--env-manager", "local", "-m", model_uri, "-p", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited: {proc.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return proc, port
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("mlflow models serve did not answer /ping within 120 s")
 
 
 def test_served_model_answers_like_recommend_and_the_evaluation(workdir: Path) -> None:
@@ -131,18 +81,14 @@ def test_served_model_answers_like_recommend_and_the_evaluation(workdir: Path) -
     from_cli = {str(p["user"]): p["items"] for p in json.loads(answer.stdout)["predictions"]}
     assert from_cli == {u: expected[u] for u in users}
 
-    proc, port = _serve(uri, workdir)
-    try:
-        status, body = _post(port, {"dataframe_records": [{"user": u} for u in users], "params": {"k": 5}})
+    with ModelServer(uri, _tracking_uri(workdir)) as server:
+        status, body = server.post({"dataframe_records": [{"user": u} for u in users], "params": {"k": 5}})
         assert status == 200, body
         assert {str(p["user"]): p["items"] for p in body["predictions"]} == from_cli
-        status, body = _post(port, {"dataframe_records": [{"user": "no-such-user"}]})
+        status, body = server.post({"dataframe_records": [{"user": "no-such-user"}]})
         assert status == 400 and "unknown user id" in body["message"] and "no-such-user" in body["message"]
-        status, body = _post(port, {"dataframe_records": [{"user": users[0]}], "params": {"k": 2}})
+        status, body = server.post({"dataframe_records": [{"user": users[0]}], "params": {"k": 2}})
         assert status == 200 and body["predictions"][0]["items"] == expected[users[0]][:2]  # still up
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     bad = cli("recommend", "--model", uri, "--user", "no-such-user", cwd=workdir)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no-such-user" in bad.stderr
