@@ -156,3 +156,15 @@ def test_no_log_model_and_a_non_sequential_model_without_users(workdir: Path) ->
     run_id = json.loads(out.stdout)["run_id"]
     missing = cli("recommend", "--model", f"runs:/{run_id}/model", "--user", "1", cwd=workdir)
     assert missing.returncode == 2 and missing.stderr.startswith("error: cannot load model runs:/")
+
+
+def test_tune_without_models_has_nothing_to_register(workdir: Path) -> None:
+    spec = write_toy_dataset(workdir)
+    tuned = cli(
+        "tune", "-m", "BPR", "-d", str(spec), "--trials", "1", "--study-name", "bare", "--no-log-model",
+        "--set", "train.epochs=1", cwd=workdir,
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    out = cli("best", "bare", "--register", "nothing", cwd=workdir)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "has no 'model' artifact to register" in out.stderr

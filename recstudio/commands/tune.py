@@ -118,6 +118,13 @@ def _duration(seconds: float | None) -> str:
     "pruned, and the summary compares the best trial with it. Default: on.",
 )
 @click.option(
+    "--no-log-model",
+    is_flag=True,
+    help="Trials do not log their servable MLflow model (runs:/RUN_ID/model, which holds the "
+    "prepared data: about the size of the dataset's cache entry per trial); best --register then "
+    "has nothing to register.",
+)
+@click.option(
     "--baseline",
     is_flag=True,
     default=None,
@@ -152,6 +159,7 @@ def tune_command(
     workers,
     heartbeat_interval,
     defaults_trial,
+    no_log_model,
     baseline,
     config_flags,
 ) -> None:
@@ -215,6 +223,7 @@ def tune_command(
     settings.quiet = quiet or as_json
     settings.progress = progress
     settings.verbose = verbose
+    settings.log_model = not no_log_model
 
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect:

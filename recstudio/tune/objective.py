@@ -223,6 +223,7 @@ class Objective:
             data_dir=s.data_dir,
             cache_dir=s.cache_dir,
             tracking=s.tracking,
+            log_model=s.log_model,
             tracking_uri=s.tracking_uri,
             experiment=s.experiment,
             run_name=f"trial-{trial.number}",

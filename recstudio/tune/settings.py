@@ -82,6 +82,8 @@ class TuneSettings:
     data_dir: str | None = None
     cache_dir: str | None = None
     tracking: bool = True
+    log_model: bool = True
+    """Trials log their servable MLflow model (``RunOptions.log_model``)."""
     tracking_uri: str | None = None
     experiment: str = "recstudio"
     accelerator: str = "auto"
