@@ -85,4 +85,17 @@ def test_two_workers_on_postgres_and_an_mlflow_server(workdir: Path) -> None:
     assert out.exit_code == 0, out.output
     rows = {r["study"]: r for r in json.loads(out.stdout)}
     assert rows[name]["trials"]["COMPLETE"] == 3
+
+    # the best trial's model goes into the Model Registry of the PostgreSQL-backed server
+    registered = f"reg-{name}"
+    args = ["best", name, "--storage", PG_URL, "--tracking-uri", MLFLOW_URL, "--register", registered]
+    out = CliRunner().invoke(cli, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["registered"]["version"] == 1
+    from recstudio.serve.registry import load_served
+
+    served = load_served(f"models:/{registered}/latest", MLFLOW_URL)
+    user = served.data.user_vocab[1]
+    (answer,) = served.recommend(users=[user], k=5)
+    assert answer["user"] == user and len(answer["items"]) == 5
     optuna.delete_study(study_name=name, storage=PG_URL)
