@@ -148,6 +148,14 @@ def test_sequential_model_serves_recent_items(workdir: Path) -> None:
     with pytest.raises(Exception, match="unknown item id"):
         served.recommend(items=[["no-such-item"]])
 
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(_tracking_uri(workdir))
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result['run_id']}/model")  # what the server runs
+    (answer,) = pyfunc.predict(pd.DataFrame({"items": [history]}), params={"k": 5})
+    assert answer["items"] == by_items["items"] and answer["user"] is None
+
 
 def test_no_log_model_and_a_non_sequential_model_without_users(workdir: Path) -> None:
     spec = write_toy_dataset(workdir)
