@@ -1,4 +1,4 @@
-"""faiss ItemIndex: exact flat search equals torch top-k; IVF recall; exclusion; CPU fallback."""
+"""faiss ItemIndex: exact flat search equals torch top-k; IVF and HNSW recall; exclusion; CPU fallback."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 pytest.importorskip("faiss")
 
 from recstudio.ann import ItemIndex, faiss_gpu_available  # noqa: E402
+from recstudio.ann.faiss_index import HNSW_CPU_MESSAGE  # noqa: E402
+from recstudio.errors import ConfigError  # noqa: E402
 from recstudio.model.scorer import build_scorer  # noqa: E402
 
 SCORER = {"ip": "inner_product", "l2": "euclidean", "cosine": "cosine"}
@@ -71,3 +73,80 @@ def test_cpu_fallback_logs_one_clear_line(caplog: pytest.LogCaptureFixture) -> N
         index = ItemIndex(torch.randn(10, 4), use_gpu=True)
     assert not index.on_gpu
     assert [r.getMessage() for r in caplog.records] == ["faiss-gpu not available; using CPU index"]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+def test_hnsw_recall_and_ef_search(metric: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    items, query = torch.randn(3000, 16, generator=gen), torch.randn(100, 16, generator=gen)
+    index = ItemIndex(items, metric=metric, kind="hnsw", hnsw_m=16, ef_search=16, use_gpu=False)
+    assert index.params() == {
+        "kind": "hnsw",
+        "metric": metric,
+        "hnsw_m": 16,
+        "ef_construction": 100,
+        "ef_search": 16,
+        "on_gpu": False,
+    }
+    ref = exact_topk(query, items, metric, 10, None).indices
+
+    def recall() -> float:
+        _, ids = index.search(query, 10)
+        return sum(len(set(a) & set(b)) for a, b in zip(ids.tolist(), ref.tolist())) / ref.numel()
+
+    low = recall()
+    index.ef_search = 256  # no rebuild: a longer candidate list finds (almost) the exact top 10
+    assert index.ef_search == 256
+    high = recall()
+    assert 0.5 < low <= high and high > 0.97
+
+
+def test_long_exclusions_deepen_only_their_rows() -> None:
+    """Rows with very different history lengths each get their exact top k (flat; HNSW with a large
+    efSearch), whether their first fetch suffices or they need several deeper rounds."""
+    gen = torch.Generator().manual_seed(3)
+    items, query = torch.randn(500, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    density = torch.linspace(0.0, 0.95, 40)[:, None]  # 0 to ~475 excluded items per row
+    exclude = torch.rand(40, 500, generator=gen) < density
+    for kind in ("flat", "hnsw"):
+        scores, ids = ItemIndex(items, kind=kind, ef_search=512, use_gpu=False).search(query, 10, exclude)
+        ref = exact_topk(query, items, "ip", 10, exclude)
+        assert torch.equal(ids, ref.indices), kind
+        assert torch.allclose(scores, ref.values, atol=1e-4)
+
+
+def test_ivf_nprobe_setter_and_params() -> None:
+    items = torch.randn(2000, 8, generator=torch.Generator().manual_seed(4))
+    index = ItemIndex(items, kind="ivf", nlist=16, nprobe=2, use_gpu=False)
+    assert index.params() == {"kind": "ivf", "metric": "ip", "nlist": 16, "nprobe": 2, "on_gpu": False}
+    index.nprobe = 100  # capped at nlist: every list scanned, the search is exact
+    assert index.nprobe == 16
+    _, ids = index.search(items[1:6], 5)
+    assert torch.equal(ids, exact_topk(items[1:6], items, "ip", 5, None).indices)
+    with pytest.raises(ConfigError, match="ef_search applies to HNSW"):
+        index.ef_search = 10
+
+
+def test_hnsw_stays_on_cpu_with_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="recstudio.ann.faiss_index"):
+        index = ItemIndex(torch.randn(10, 4), kind="hnsw", use_gpu=True)
+    assert not index.on_gpu
+    assert [r.getMessage() for r in caplog.records] == [HNSW_CPU_MESSAGE]
+
+
+def test_bad_index_kind_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="flat, ivf, hnsw"):
+        ItemIndex(torch.randn(10, 4), kind="lsh")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_and_load_answer_the_same(kind: str, tmp_path) -> None:
+    gen = torch.Generator().manual_seed(5)
+    items, query = torch.randn(1000, 8, generator=gen), torch.randn(10, 8, generator=gen)
+    exclude = torch.rand(10, 1000, generator=gen) < 0.3
+    index = ItemIndex(items, metric="l2", kind=kind, nlist=10, hnsw_m=8, use_gpu=False)
+    index.save(str(tmp_path / "items.faiss"))
+    loaded = ItemIndex.load(str(tmp_path / "items.faiss"), metric="l2")
+    assert loaded.params() == index.params()
+    for a, b in zip(index.search(query, 5, exclude), loaded.search(query, 5, exclude)):
+        assert torch.equal(a, b)

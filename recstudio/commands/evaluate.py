@@ -73,6 +73,25 @@ def _from_run(run_id: str, tracking_uri: str | None, workdir: str) -> tuple[Path
     show_default=True,
     help="N > 1 evaluates as N DDP processes, each scoring a share of the users.",
 )
+@click.option(
+    "--ann",
+    type=click.Choice(["flat", "ivf", "hnsw"]),
+    help="Also retrieve each user's top-k from a faiss index over the item vectors: its metrics, "
+    "ann_recall@K against exact ranking, and queries per second of both (item-tower models).",
+)
+@click.option(
+    "--ann-metric",
+    type=click.Choice(["ip", "cosine", "l2"]),
+    help="Index metric (default: the model's scorer: inner_product=ip, cosine, euclidean=l2).",
+)
+@click.option("--ann-nlist", type=click.IntRange(min=1), help="IVF lists (default ~sqrt(items)).")
+@click.option(
+    "--ann-nprobe", type=click.IntRange(min=1), default=8, show_default=True, help="IVF lists scanned."
+)
+@click.option("--ann-ef", type=click.IntRange(min=1), default=64, show_default=True, help="HNSW efSearch.")
+@click.option(
+    "--ann-m", type=click.IntRange(min=2), default=32, show_default=True, help="HNSW links per node."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def evaluate_command(
@@ -88,6 +107,12 @@ def evaluate_command(
     splits: tuple[str, ...],
     accelerator: str,
     devices: str,
+    ann: str | None,
+    ann_metric: str | None,
+    ann_nlist: int | None,
+    ann_nprobe: int,
+    ann_ef: int,
+    ann_m: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -98,6 +123,7 @@ def evaluate_command(
       recstudio evaluate --run-id 3f2c...            # a run in ./mlruns
       recstudio evaluate --run-id 3f2c... --devices 2 --json
       recstudio evaluate --checkpoint best.ckpt -m BPR -d ml-100k --split test
+      recstudio evaluate --run-id 3f2c... --ann hnsw --ann-ef 128   # + ANN retrieval metrics
     """
     from recstudio.cli import setup_logging
 
@@ -115,8 +141,9 @@ def evaluate_command(
                 raise ConfigError("--checkpoint needs the model: -m MODEL or a --config naming it")
             ckpt, files = Path(checkpoint or ""), config_files
         cfg = resolve_from_cli(model, dataset, data_dir, files, set_items, {})
+        split_names = tuple(splits) or ("valid", "test")
 
-        from recstudio.pipeline import RunOptions, evaluate_checkpoint
+        from recstudio.pipeline import RunOptions, evaluate_checkpoint, prepare_for
 
         options = RunOptions(
             data_dir=data_dir,
@@ -127,15 +154,40 @@ def evaluate_command(
             devices=parse_devices(devices),
         )
         redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        ann_result = None
         with redirect:
-            metrics = evaluate_checkpoint(cfg, str(ckpt), options, splits=tuple(splits) or ("valid", "test"))
+            data = None
+            if ann:  # first, so that a model without item vectors fails before any scoring
+                from recstudio.eval.ann import AnnSettings, check_ann_config, evaluate_checkpoint_ann
+
+                check_ann_config(cfg)
+                settings = AnnSettings(
+                    ann, ann_metric, nlist=ann_nlist, nprobe=ann_nprobe, ef_search=ann_ef, hnsw_m=ann_m
+                )
+                data = prepare_for(cfg, options)
+                ann_result = evaluate_checkpoint_ann(
+                    cfg, str(ckpt), settings, split_names, data=data, accelerator=accelerator
+                )
+            metrics = evaluate_checkpoint(cfg, str(ckpt), options, data=data, splits=split_names)
     result: dict[str, Any] = {"model": cfg.model_name, "dataset": cfg.dataset, "run_id": run_id, **metrics}
+    if ann_result is not None:
+        result["ann"] = ann_result
     if as_json:
         click.echo(json.dumps(result))
         return
     click.echo(f"model {cfg.model_name} on {cfg.dataset}")
     for split, values in metrics.items():
-        lines = summary_lines(values) or ["(no metrics)"]
-        click.echo(f"  {split:5s} {lines[0]}")
-        for line in lines[1:]:
-            click.echo(f"  {'':5s} {line}")
+        _echo_block(split, values)
+    if ann_result is not None:
+        from recstudio.eval.ann import describe_index
+
+        click.echo(f"ANN retrieval: {describe_index(ann_result)}")
+        for split in split_names:
+            _echo_block(split, ann_result[split])
+
+
+def _echo_block(label: str, values: dict[str, float]) -> None:
+    lines = summary_lines(values) or ["(no metrics)"]
+    click.echo(f"  {label:5s} {lines[0]}")
+    for line in lines[1:]:
+        click.echo(f"  {'':5s} {line}")

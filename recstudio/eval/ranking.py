@@ -345,18 +345,45 @@ class RankingEvaluator:
         if self.topk_names:
             k = min(self.cutoffs[-1], x.shape[1])
             top_values, top = torch.topk(x, k, dim=1, sorted=True)
-            hits = target.gather(1, top) & (top_values > -math.inf)
-            values = topk_metrics(hits, n_targets, self.topk_names, self.cutoffs)
-            per_user = torch.stack([values[key] for key in self.keys], 1)
-            parts.append((per_user * has_target[:, None]).sum(0))
+            parts.append(self._topk_sums(top, top_values > -math.inf, target, n_targets))
         n_auc = torch.zeros((), dtype=torch.float64, device=device)
         if self.with_auc:
             auc_values, valid = auc_from_prepared(x, rows, cols)
             valid &= has_target
             parts.append(torch.where(valid, auc_values, 0.0).sum().reshape(1))
             n_auc = valid.sum().to(torch.float64)
-        sums = torch.cat(parts)
-        counts = torch.stack([has_target.sum().to(torch.float64), n_auc])
+        self._add(torch.cat(parts), torch.stack([has_target.sum().to(torch.float64), n_auc]))
+
+    @torch.no_grad()
+    def update_ranked(
+        self, top_ids: torch.Tensor, ranked: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> None:
+        """Add one block ranked elsewhere (e.g. by an ANN index): ``top_ids`` [B, K] best first,
+        ``ranked`` bool [B, K] false where a position holds no item (never a hit).
+
+        The caller has already excluded history and padding; metrics are the same top-k formulas
+        as ``update``'s. AUC needs every item's score, so an evaluator with AUC refuses.
+        """
+        if self.with_auc:
+            raise ValueError("update_ranked cannot compute AUC (it needs all scores); drop 'auc'")
+        target = batch["target_mask"].to(top_ids.device, non_blocking=True)
+        n_targets = target.view(torch.uint8).sum(1, dtype=torch.int32)
+        has_target = n_targets > 0
+        sums = self._topk_sums(top_ids, ranked, target, n_targets)
+        zero = torch.zeros((), dtype=torch.float64, device=top_ids.device)
+        self._add(sums, torch.stack([has_target.sum().to(torch.float64), zero]))
+
+    def _topk_sums(
+        self, top: torch.Tensor, ranked: torch.Tensor, target: torch.Tensor, n_targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Sums over the block's users with a target of every top-k metric [len(keys)] float64:
+        the one place where ranked ids and target masks become metric values."""
+        hits = target.gather(1, top) & ranked
+        values = topk_metrics(hits, n_targets, self.topk_names, self.cutoffs)
+        per_user = torch.stack([values[key] for key in self.keys], 1)
+        return (per_user * (n_targets > 0)[:, None]).sum(0)
+
+    def _add(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
         if self._sums is None or self._counts is None:
             self._sums, self._counts = sums, counts
         else:

@@ -127,13 +127,10 @@ def read_bundle(source: str | Path) -> tuple[dict[str, Any], Any, Any, Path]:
 def index_metric(model: Any) -> str | None:
     """The faiss metric that ranks exactly as ``model`` scores, or None when its ranking is not a
     nearest-neighbour search over item vectors (tower-free models, the mlp scorer, a model that
-    rewrites ``score_batch``)."""
-    from recstudio.model.base import ItemTowerRecommender
-    from recstudio.model.scorer import CosineScorer, EuclideanScorer, InnerProductScorer
+    rewrites ``score_batch``): ``recstudio.eval.ann.check_ann_model``'s rule."""
+    from recstudio.eval.ann import check_ann_model
 
-    if not isinstance(model, ItemTowerRecommender):
+    try:
+        return check_ann_model(model)
+    except ConfigError:
         return None
-    if type(model).score_batch is not ItemTowerRecommender.score_batch:
-        return None
-    scorer = type(getattr(model, "scorer", None))
-    return {InnerProductScorer: "ip", CosineScorer: "cosine", EuclideanScorer: "l2"}.get(scorer)

@@ -34,14 +34,13 @@ class UnknownIds(ConfigError):
 
 def write_item_index(model: Any, metric: str, path: Path) -> None:
     """An exact faiss index over ``model``'s evaluation item vectors, written to ``path``."""
-    from recstudio.ann.faiss_index import ItemIndex, _faiss
+    from recstudio.ann.faiss_index import ItemIndex
 
     with torch.no_grad():
         model.eval()
         model.prepare_evaluation()
         vectors = model.eval_item_vectors()
-    index = ItemIndex(vectors, metric=metric, kind="flat", use_gpu=False)
-    _faiss().write_index(index.index, str(path))
+    ItemIndex(vectors, metric=metric, kind="flat", use_gpu=False).save(str(path))
     model.eval_cache = {}
 
 
@@ -80,7 +79,9 @@ class ServedModel:
         self.items = _id_lookup(data.item_vocab)
         self.index = None
         if index_path is not None and index_metric is not None and Path(index_path).is_file():
-            self.index = _load_index(Path(index_path), index_metric, data.num_items)
+            from recstudio.ann.faiss_index import ItemIndex
+
+            self.index = ItemIndex.load(str(index_path), index_metric)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ServedModel:
@@ -192,13 +193,3 @@ def _left_padded(rows: list[torch.Tensor], n: int, max_len: int) -> tuple[torch.
             seq[i, max_len - tail.numel() :] = tail
         seq_len[i] = tail.numel()
     return seq, seq_len
-
-
-def _load_index(path: Path, metric: str, num_items: int) -> Any:
-    from recstudio.ann.faiss_index import ItemIndex, _faiss
-
-    index = ItemIndex.__new__(ItemIndex)
-    index.metric, index.kind, index.num_items = metric, "flat", num_items
-    index.index = _faiss().read_index(str(path))
-    index.dim, index.on_gpu = index.index.d, False
-    return index
