@@ -543,4 +543,7 @@ def resolve(
         eval=build_section(EvalConfig, merged["eval"], "eval"),
     )
     _check_ranges(cfg)
+    check_model = getattr(model_cls, "check_config", None)  # checks that need the model class
+    if callable(check_model):
+        check_model(cfg.model)
     return cfg

@@ -64,6 +64,16 @@ class Recommender(pl.LightningModule):
         """This model's data contract under ``config`` (default: the class's ``contract``)."""
         return cls.contract
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Checks of ``config`` that depend on the model class, run when the config is built and
+        again when the model is: a model without item vectors rejects the ranking parts that
+        need them (model-based samplers, DNS)."""
+        from recstudio.model.parts import RankingParts
+
+        if isinstance(config, RankingParts) and not issubclass(cls, ItemTowerRecommender):
+            config.check_tower_free(cls.__name__)
+
     def __init__(
         self,
         config: Any,
@@ -72,6 +82,7 @@ class Recommender(pl.LightningModule):
         eval_config: EvalConfig | None = None,
     ) -> None:
         super().__init__()
+        type(self).check_config(config)
         self.config = config
         self.train_config = train_config or TrainConfig()
         self.eval_config = eval_config or EvalConfig()
@@ -481,7 +492,9 @@ class ItemTowerRecommender(Recommender):
     ``RankingParts`` config). ``score_batch``, ``score_pairs`` and the sampled and full-softmax
     losses are generic. Item vectors are computed once per evaluation pass
     (``prepare_evaluation``); a model whose queries also need shared work (graph propagation)
-    adds it to ``eval_cache`` there and reads it in ``query_vectors``.
+    adds it to ``eval_cache`` there and reads it in ``query_vectors``. Negatives are drawn in one
+    place, ``draw_negatives``: from the configured sampler (a model-based one is rebuilt from
+    the item vectors at epoch starts, ``refresh_sampler``), and with DNS the best of M draws.
     """
 
     def item_vectors(self) -> torch.Tensor:
@@ -497,6 +510,31 @@ class ItemTowerRecommender(Recommender):
         parts = build_parts(self.config, data, dim)
         self.scorer, self.loss_fn, self.sampler = parts.scorer, parts.loss, parts.sampler
         self.num_negatives = parts.num_negatives
+        self.hard_negative_candidates = parts.hard_negative_candidates
+        self.sampler_refreshed_at: int | None = None
+        """Epoch at whose start a model-based sampler was last rebuilt (None: not yet)."""
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.refresh_sampler()
+
+    @torch.no_grad()
+    def refresh_sampler(self, force: bool = False) -> bool:
+        """Rebuild a model-based sampler (``Sampler.uses_query``) from the current item vectors
+        (detached) at the start of training and then every ``sampler_refresh_epochs`` epochs;
+        True when it did. Called at each epoch start (a subclass overriding
+        ``on_train_epoch_start`` calls ``super()`` first)."""
+        sampler = getattr(self, "sampler", None)
+        if sampler is None or not sampler.uses_query:
+            return False
+        every = getattr(self.config, "sampler_refresh_epochs", 1)
+        epoch = self.current_epoch
+        last = getattr(self, "sampler_refreshed_at", None)
+        if not force and last is not None and epoch - last < every:
+            return False
+        sampler.refresh(self.item_vectors().detach())
+        self.sampler_refreshed_at = epoch
+        return True
 
     def prepare_evaluation(self) -> None:
         self.eval_cache["items"] = self.item_vectors()
@@ -513,22 +551,56 @@ class ItemTowerRecommender(Recommender):
         items = gather_rows(self.eval_item_vectors(), batch["item"])
         return self.scorer(self.query_vectors(batch), items)
 
+    def draw_negatives(
+        self,
+        query: torch.Tensor | None,
+        n: int,
+        users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[n, K] sampled negatives (avoiding the positives of ``users`` [n] when the config
+        excludes them). With ``hard_negative_candidates`` M > 1 each is the best of M draws
+        scored by the current model without gradient: dynamic negative sampling.
+
+        DNS: Zhang, Chen, Wang and Yu, "Optimizing Top-N Collaborative Filtering via Dynamic
+        Negative Item Sampling" (SIGIR 2013): uniform negatives are mostly already ranked low,
+        so their BPR gradient vanishes; the highest-scoring of M candidates keeps it informative.
+        ``items``: the item vectors to score candidates with (default ``item_vectors()``)."""
+        k, m = self.num_negatives, getattr(self, "hard_negative_candidates", 1)
+        if m <= 1:
+            return self.sampler.sample_ids(n, k, query=query, users=users)
+        if query is None:
+            raise ModelError(f"{type(self).__name__}: dynamic negative sampling needs the query vectors")
+        candidates = self.sampler.sample_ids(n, k * m, query=query, users=users)
+        with torch.no_grad():
+            vectors = (self.item_vectors() if items is None else items).detach()
+            scores = self.scorer.gather(query.detach(), gather_rows(vectors, candidates))
+            best = scores.view(n, k, m).argmax(dim=2, keepdim=True)
+        return candidates.view(n, k, m).gather(2, best).squeeze(2)
+
     def sample_candidates(
         self,
         query: torch.Tensor,
         pos_items: torch.Tensor,
         neg_items: torch.Tensor | None = None,
         users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each query's positive and K negatives: (candidate ids [N, 1+K], log_q_pos [N],
         log_q_neg [N, K]). Negatives come from the sampler (avoiding the positives of ``users``
-        [N] when the config excludes them) unless ``neg_items`` [N, K] is given."""
-        if neg_items is None:
+        [N] when the config excludes them) unless ``neg_items`` [N, K] is given. Under DNS the
+        log q are the sampler's own (unconditional) ones of the kept items, not the probability
+        of the best-of-M choice: the losses DNS allows ignore them."""
+        if neg_items is None and getattr(self, "hard_negative_candidates", 1) <= 1:
             neg_items, log_q_neg, log_q_pos = self.sampler.sample(
                 pos_items.shape[0], self.num_negatives, pos_items=pos_items, query=query, users=users
             )
         else:
-            log_q_neg, log_q_pos = self.sampler.log_prob(neg_items), self.sampler.log_prob(pos_items)
+            if neg_items is None:
+                neg_items = self.draw_negatives(query, pos_items.shape[0], users, items)
+            with self.sampler.proposal_scope(query):
+                log_q_neg = self.sampler.log_prob(neg_items, query=query)
+                log_q_pos = self.sampler.log_prob(pos_items, query=query)
         return torch.cat([pos_items.unsqueeze(1), neg_items], dim=1), log_q_pos, log_q_neg
 
     def score_candidates(
@@ -545,9 +617,9 @@ class ItemTowerRecommender(Recommender):
         ids [N, 1+K]); the ids let a model regularise exactly the rows it scored. ``items``:
         the item vectors to score against (default ``item_vectors()``).
         """
-        candidates, log_q_pos, log_q_neg = self.sample_candidates(query, pos_items, neg_items, users)
-        vectors = gather_rows(self.item_vectors() if items is None else items, candidates)
-        scores = self.scorer.gather(query, vectors)
+        items = self.item_vectors() if items is None else items
+        candidates, log_q_pos, log_q_neg = self.sample_candidates(query, pos_items, neg_items, users, items)
+        scores = self.scorer.gather(query, gather_rows(items, candidates))
         return scores[:, 0], scores[:, 1:], log_q_pos, log_q_neg, candidates
 
     def candidate_ids(
@@ -556,14 +628,19 @@ class ItemTowerRecommender(Recommender):
         pos_items: torch.Tensor,
         neg_items: torch.Tensor | None = None,
         users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[N, 1+K] positive and negative ids, without log q (for the native BPR/BCE kernels).
-        ``query`` [N, d] is needed only by samplers that draw from it (``Sampler.uses_query``)."""
+        ``query`` [N, d] is needed only by samplers that draw from it (``Sampler.uses_query``)
+        and by DNS (``needs_query_for_negatives``), which scores candidates against ``items``."""
         if neg_items is None:
-            neg_items = self.sampler.sample_ids(
-                pos_items.shape[0], self.num_negatives, query=query, users=users
-            )
+            neg_items = self.draw_negatives(query, pos_items.shape[0], users, items)
         return torch.cat([pos_items.unsqueeze(1), neg_items], dim=1)
+
+    @property
+    def needs_query_for_negatives(self) -> bool:
+        """Whether drawing negatives reads the query vectors (a model-based sampler, or DNS)."""
+        return bool(self.sampler.uses_query or getattr(self, "hard_negative_candidates", 1) > 1)
 
     def fused_loss_kind(self, query: torch.Tensor) -> str | None:
         """The native kernel kind ("bpr" or "bce") that computes this model's sampled loss
@@ -622,7 +699,7 @@ class ItemTowerRecommender(Recommender):
             return self.loss_fn(all_scores, pos_items), pos_items
         kind = self.fused_loss_kind(query)
         if kind is not None:
-            candidates = self.candidate_ids(query, pos_items, neg_items, users)
+            candidates = self.candidate_ids(query, pos_items, neg_items, users, items)
             loss = sampled_inner_product_loss(query, items, candidates, kind, padding_idx=None)
             return loss, candidates
         pos_score, neg_score, log_q_pos, log_q_neg, candidates = self.score_candidates(

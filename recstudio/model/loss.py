@@ -32,6 +32,7 @@ class FullSoftmaxLoss(nn.Module):
     """
 
     needs_all_scores = True
+    hard_negatives_ok = False
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -50,6 +51,10 @@ class SampledLoss(nn.Module):
     """Base of losses over a positive score [N] and K sampled negative scores [N, K]."""
 
     needs_all_scores = False
+    hard_negatives_ok = True
+    """Whether dynamic negative sampling (``hard_negative_candidates`` > 1: the best of M draws)
+    suits the loss: pairwise / pointwise losses yes; the softmax family (which needs negatives
+    drawn from a known q, or weighs them itself) no."""
 
     def forward(
         self,
@@ -73,6 +78,8 @@ class SampledSoftmaxLoss(SampledLoss):
     Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019). Scores are divided by
     ``temperature`` before the correction.
     """
+
+    hard_negatives_ok = False
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -235,6 +242,8 @@ class InfoNCELoss(SampledLoss):
     (2018).
     """
 
+    hard_negatives_ok = False
+
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
         if temperature <= 0:
@@ -348,8 +357,11 @@ class PRISLoss(SampledLoss):
     w_k = softmax_k(s_k - log q(k)) (detached), L = -sum_k w_k log sigmoid(s_pos - s_k): hard
     negatives (high score) get large weights, corrected for how often the sampler proposes them.
     Without ``log_q_neg`` the weights are softmax_k(s_k).
-    Reference: Lian, Liu & Chen, "Personalized Ranking with Importance Sampling" (WWW 2020).
+    Reference: Lian, Liu & Chen, "Personalized Ranking with Importance Sampling" (WWW 2020);
+    its paper pairs it with the ``cluster_uni`` / ``cluster_pop`` samplers.
     """
+
+    hard_negatives_ok = False
 
     def forward(
         self,

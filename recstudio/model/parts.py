@@ -29,6 +29,9 @@ class RankingParts:
     ranges: ClassVar[dict[str, str]] = {
         "num_negatives": ">= 1",
         "sampler_alpha": ">= 0",
+        "sampler_clusters": ">= 1",
+        "sampler_refresh_epochs": ">= 1",
+        "hard_negative_candidates": ">= 1",
         "temperature": "> 0",
         "margin": ">= 0",
         "negative_weight": ">= 0",
@@ -43,12 +46,29 @@ class RankingParts:
     num_negatives: int = 1
     """Negatives drawn per positive for sampled losses."""
     sampler: str = "uniform"
-    """Negative sampler: uniform, or popularity (q proportional to (count + 1)^sampler_alpha)."""
+    """Negative sampler: uniform; popularity (q proportional to (count + 1)^sampler_alpha); or one
+    that learns with the model, for item-tower models only (rebuilt from the item vectors every
+    ``sampler_refresh_epochs``; q depends on the query and log q is exact, for sampled softmax's
+    correction): cluster_uni / cluster_pop (PRIS, WWW 2020: k-means clusters of the item vectors,
+    q(i|u) proportional to exp(u . centroid of i) x 1 or x (count_i + 1)^sampler_alpha), midx_uni
+    / midx_pop (MIDX of FastVAE, WWW 2022: a product-quantised inverted multi-index, q(i|u)
+    proportional to exp(u1 . c1 + u2 . c2 of i's two codewords) x 1 or the popularity weight)."""
     exclude_positives: bool = True
     """Never draw one of the user's training items as its negative (the BPR paper, RecBole);
     false restores plain sampling from the whole catalogue."""
     sampler_alpha: float | None = None
-    """Exponent of the popularity sampler (None: 1.0; word2vec uses 0.75)."""
+    """Exponent of the popularity weights of popularity, cluster_pop and midx_pop (None: 1.0;
+    word2vec uses 0.75)."""
+    sampler_clusters: int | None = None
+    """Clusters of cluster_uni / cluster_pop (None: sqrt of the catalogue, 2 to 128) and codewords
+    K per half of midx_uni / midx_pop (None: fourth root of the catalogue, 2 to 32: K x K cells)."""
+    sampler_refresh_epochs: int = 1
+    """A model-based sampler is rebuilt from the current item vectors at the start of training and
+    of every this many epochs."""
+    hard_negative_candidates: int = 1
+    """Dynamic negative sampling (DNS, Zhang et al., SIGIR 2013) for item-tower models: each
+    negative is the highest-scoring of this many sampler draws, scored by the current model
+    without gradient (1: off). For pairwise losses (bpr, bce, hinge...), not the softmax family."""
     scorer: str = "inner_product"
     """How query and item vectors become a score: inner_product, cosine, euclidean, mlp."""
     temperature: float | None = None
@@ -75,8 +95,17 @@ class RankingParts:
                 raise ConfigError(
                     f"config key 'model.{key}' must be one of {', '.join(valid)}; got {value!r}"
                 )
-        if self.num_negatives < 1:
-            raise ConfigError(f"config key 'model.num_negatives' must be >= 1, got {self.num_negatives}")
+        counts = ("num_negatives", "sampler_clusters", "sampler_refresh_epochs", "hard_negative_candidates")
+        for key in counts:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'model.{key}' must be >= 1, got {value}")
+        if self.hard_negative_candidates > 1 and not getattr(LOSSES[self.loss], "hard_negatives_ok", True):
+            raise ConfigError(
+                f"config key 'model.hard_negative_candidates' (DNS) is for pairwise losses (bpr, bce, "
+                f"hinge...); loss '{self.loss}' is softmax-family: set it to 1, got "
+                f"{self.hard_negative_candidates}"
+            )
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"config key 'model.temperature' must be > 0, got {self.temperature}")
         if self.margin is not None and self.margin < 0:
@@ -93,6 +122,22 @@ class RankingParts:
             raise ConfigError(
                 "config key 'model.scorer_hidden_sizes' must be positive sizes, "
                 f"got {self.scorer_hidden_sizes}"
+            )
+
+    def check_tower_free(self, model: str) -> None:
+        """One ConfigError when ``model`` (a tower-free model: no item vectors) is given a part
+        that needs item vectors: a model-based sampler or DNS."""
+        from recstudio.model.sampler import SAMPLERS
+
+        if SAMPLERS[self.sampler].uses_query:
+            raise ConfigError(
+                f"{model} is tower-free: sampler '{self.sampler}' needs item vectors; "
+                "use uniform or popularity"
+            )
+        if self.hard_negative_candidates > 1:
+            raise ConfigError(
+                f"{model} is tower-free: config key 'model.hard_negative_candidates' (DNS) scores "
+                "candidates with item vectors; set it to 1"
             )
 
 
@@ -129,9 +174,10 @@ def build_scorer_from(config: RankingParts, dim: int | None) -> nn.Module:
 def build_sampler_from(config: RankingParts, data: Any) -> nn.Module:
     """The negative sampler over the data's items; with ``exclude_positives`` it knows every
     user's training items (labelled data: its positive rows)."""
-    from recstudio.model.sampler import build_sampler
+    from recstudio.model.sampler import SAMPLERS, build_sampler
 
-    options = {"alpha": config.sampler_alpha} if config.sampler_alpha is not None else {}
+    options = {"alpha": config.sampler_alpha, "clusters": config.sampler_clusters}
+    options = _accepted(SAMPLERS[config.sampler], options)
     sampler = build_sampler(config.sampler, data.num_items, data.item_popularity(), **options)
     if config.exclude_positives:
         train = data.train
@@ -151,6 +197,7 @@ class Parts:
     sampler: nn.Module
     scorer: nn.Module
     num_negatives: int
+    hard_negative_candidates: int = 1
 
 
 def build_parts(config: RankingParts, data: Any, dim: int | None = None) -> Parts:
@@ -163,4 +210,5 @@ def build_parts(config: RankingParts, data: Any, dim: int | None = None) -> Part
         sampler=build_sampler_from(config, data),
         scorer=build_scorer_from(config, dim),
         num_negatives=config.num_negatives,
+        hard_negative_candidates=config.hard_negative_candidates,
     )

@@ -208,7 +208,7 @@ class FM(ItemTowerRecommender):
         neg = batch.get("neg_item")
         if neg is None and not getattr(self.loss_fn, "needs_all_scores", False):
             # drawn here (not inside ranking_loss) so that the penalty covers the same rows
-            neg = self.sampler.sample_ids(pos.shape[0], self.num_negatives, query=query, users=users)
+            neg = self.draw_negatives(query, pos.shape[0], users)
         loss = self.ranking_loss(query, pos, neg, users)
         if self.config.reg_weight > 0:
             items = pos if neg is None else torch.cat([pos[:, None], neg], dim=1)

@@ -90,12 +90,14 @@ class BPR(TwoTowerRecommender):
         users, pos = batch["user"], batch["item"]
         table = self.user_emb.weight
         # the user rows are gathered inside the fused loss (query_index), so no [N, d] query is
-        # built: only for the plain user table (a subclass may compute user vectors otherwise)
-        # and a sampler that does not draw from the query
-        plain_users = type(self).user_vectors is BPR.user_vectors and not self.sampler.uses_query
+        # built for the loss: only for the plain user table (a subclass may compute user vectors
+        # otherwise); a model-based sampler or DNS reads the detached rows to draw negatives
+        plain_users = type(self).user_vectors is BPR.user_vectors
         kind = self.fused_loss_kind(table) if plain_users else None
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
-            candidates = self.candidate_ids(None, pos, batch.get("neg_item"), users)
+            drawn_from = table[users].detach() if self.needs_query_for_negatives else None
+            items = self.item_emb.weight
+            candidates = self.candidate_ids(drawn_from, pos, batch.get("neg_item"), users, items)
             return sampled_inner_product_loss(
                 table,
                 self.item_emb.weight,
