@@ -240,23 +240,12 @@ def test_end_to_end_dns_fused_bpr_and_generic_hinge() -> None:
 
 def test_tune_searches_sampler_as_categorical(workdir: Path) -> None:
     from recstudio.cli import cli
+    from tests.test_cli_run import write_toy_dataset
 
-    data = planted_data(num_users=60, num_items=30, min_len=8, max_len=12)
-    rows = [
-        f"{u}\t{i}\t{int(t)}"
-        for part in (data.train, data.valid, data.test)
-        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist())
-    ]
-    (workdir / "tiny.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "tiny.yaml").write_text(
-        "name: tiny\ninteractions:\n  file: tiny.tsv\n  format: tsv\n"
-        "  columns: [user_id, item_id, timestamp]\n"
-        "  roles: {user: user_id, item: item_id, timestamp: timestamp}\n"
-        "defaults:\n  data: {split: loo}\n"
-    )
+    spec = write_toy_dataset(workdir)
     (workdir / "space.yaml").write_text("sampler: [uniform, midx_uni, cluster_pop]\n")
     args = [
-        "tune", "-m", "BPR", "-d", "tiny.yaml", "--trials", "3", "--search-space", "space.yaml",
+        "tune", "-m", "BPR", "-d", str(spec), "--trials", "3", "--search-space", "space.yaml",
         "--sampler", "grid", "--pruner", "none", "--no-defaults-trial", "--json", "-q",
         "--epochs", "1", "--early-stop-patience", "0",
         "--storage", f"sqlite:///{workdir / 'studies.db'}",

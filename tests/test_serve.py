@@ -48,19 +48,8 @@ def _evaluation_top_k(workdir: Path, run_id: str, k: int) -> dict[str, list]:
 
 def test_served_model_answers_like_recommend_and_the_evaluation(workdir: Path) -> None:
     spec = write_toy_dataset(workdir)
-    out = cli(
-        "run",
-        "-m",
-        "BPR",
-        "-d",
-        str(spec),
-        "--epochs",
-        "3",
-        "--set",
-        "model.embed_dim=16",
-        "--json",
-        cwd=workdir,
-    )
+    args = ["run", "-m", "BPR", "-d", str(spec), "--epochs", "3", "--set", "model.embed_dim=16", "--json"]
+    out = cli(*args, cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = json.loads(out.stdout)["run_id"]
     uri = f"runs:/{run_id}/model"
