@@ -436,6 +436,8 @@ class TrainResult:
     item-item weights): the size of its checkpoint in floats."""
     stopped: str = "epochs"
     """Why training ended: ``epochs`` (train.epochs ran), ``early_stopping`` or ``max_minutes``."""
+    model_uri: str | None = None
+    """The servable MLflow model (``runs:/<run id>/model``), when the run logged one."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -451,6 +453,7 @@ class TrainResult:
             "cache_key": self.cache_key,
             "model_size": self.model_size,
             "stopped": self.stopped,
+            "model_uri": self.model_uri,
         }
 
 
@@ -697,21 +700,25 @@ def train_and_test(
         result.checkpoint = tracker.artifact_location(f"checkpoints/{best_path.name}")
         if options.log_model:
             t0 = time.perf_counter()
-            _log_served_model(tracker, cfg, data, best_path, model)
+            result.model_uri = _log_served_model(tracker, cfg, data, best_path, model)
             timings["model_log_seconds"] = time.perf_counter() - t0
     return result
 
 
-def _log_served_model(tracker: Any, cfg: ResolvedConfig, data: Any, best_path: Path, model: Any) -> None:
-    """The servable MLflow model of the run; a failure here costs the model, not the run."""
+def _log_served_model(
+    tracker: Any, cfg: ResolvedConfig, data: Any, best_path: Path, model: Any
+) -> str | None:
+    """The servable MLflow model of the run (its URI); a failure costs the model, not the run."""
     from recstudio.serve.pyfunc import log_served_model
 
     try:
         uri = log_served_model(tracker, cfg, data, best_path, model)
         tracker.set_tags({"recstudio.model_uri": uri})
+        return uri
     except Exception as exc:  # the metrics and checkpoint are logged already
         log.warning("could not log the servable MLflow model: %s: %s", type(exc).__name__, exc)
         tracker.set_tags({"recstudio.model_error": f"{type(exc).__name__}: {exc}"[:5000]})
+        return None
 
 
 def state_size(model: Any) -> int:

@@ -53,6 +53,7 @@ def test_served_model_answers_like_recommend_and_the_evaluation(workdir: Path) -
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = json.loads(out.stdout)["run_id"]
     uri = f"runs:/{run_id}/model"
+    assert json.loads(out.stdout)["model_uri"] == uri
     expected = _evaluation_top_k(workdir, run_id, k=5)
     users = sorted(expected)[:3]
 

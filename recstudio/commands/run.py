@@ -210,3 +210,5 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("run_id"):
         click.echo(f"  MLflow run {result['run_id']}  (recstudio ui to browse)")
     click.echo(f"  checkpoint {result['checkpoint']}")
+    if result.get("model_uri"):
+        click.echo(f"  model {result['model_uri']}  (recstudio recommend --model URI; mlflow models serve)")
