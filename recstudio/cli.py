@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("recstudio.commands.run", "run_command", "Train and evaluate one model; log it to MLflow."),
     "tune": ("recstudio.commands.tune", "tune_command", "Run an Optuna study whose trials are runs."),
     "studies": ("recstudio.commands.tune", "studies_command", "List Optuna studies in a storage."),
-    "best": ("recstudio.commands.tune", "best_command", "Show (and export) a study's best trial."),
+    "best": ("recstudio.commands.tune", "best_command", "Show, export or register a study's best trial."),
     "evaluate": (
         "recstudio.commands.evaluate",
         "evaluate_command",
