@@ -27,6 +27,17 @@ from typing import Any
 import torch
 
 
+def csr_rows(indptr: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand the CSR lists of ``owners`` [n] (``indptr`` [N+1]): (row [m], index [m]) with
+    ``index`` running over owner ``owners[row]``'s entries, all lists back to back."""
+    lengths = indptr[owners + 1] - indptr[owners]
+    row = torch.repeat_interleave(torch.arange(owners.numel(), device=owners.device), lengths)
+    offset = torch.arange(row.numel(), device=owners.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    return row, torch.repeat_interleave(indptr[owners], lengths) + offset
+
+
 @dataclass
 class Interactions:
     """One split as parallel 1-D tensors (length N), sorted by (user, time, file order).

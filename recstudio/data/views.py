@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import IterableDataset
 
-from recstudio.data.dataset import PreparedData
+from recstudio.data.dataset import PreparedData, csr_rows
 from recstudio.errors import ConfigError, DataError
 
 Batch = dict[str, torch.Tensor]
@@ -88,15 +88,6 @@ class BaseView(IterableDataset):
         """Bytes per sample when ``_batch`` only gathers row-aligned columns (so a whole epoch can
         be gathered at once and sliced), else None (batches are built one by one)."""
         return None
-
-
-def _gather_rows(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For CSR ``indptr`` and selected ``rows``: (batch position, flat position) of every entry."""
-    start, count = indptr[rows], indptr[rows + 1] - indptr[rows]
-    batch_pos = torch.repeat_interleave(torch.arange(len(rows)), count)
-    first = torch.cumsum(count, 0) - count
-    offset = torch.arange(int(count.sum())) - torch.repeat_interleave(first, count)
-    return batch_pos, torch.repeat_interleave(start, count) + offset
 
 
 class TripletDataset(BaseView):
@@ -180,7 +171,7 @@ class UserDataset(BaseView):
 
     def _batch(self, index: torch.Tensor) -> Batch:
         users = self.users[index]
-        batch_pos, flat = _gather_rows(self.indptr, users)
+        batch_pos, flat = csr_rows(self.indptr, users)
         history = torch.zeros(len(users), self.num_items)
         history[batch_pos, self.items[flat]] = 1.0
         return {"user": users, "history": history}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recstudio.data.dataset import Interactions, PreparedData
+from recstudio.data.dataset import Interactions, PreparedData, csr_rows
 from recstudio.errors import ConfigError
 from recstudio.eval.metrics import (
     ALL_METRICS,
@@ -30,20 +30,18 @@ from recstudio.eval.metrics import (
 # --------------------------------------------------------------------------- CSR helpers
 
 
-def _subset_csr(
+def subset_csr(
     indptr: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR of the given rows only (row i of the result is ``rows[i]``), without a Python loop."""
-    starts = indptr[rows]
-    lengths = indptr[rows + 1] - starts
+    lengths = indptr[rows + 1] - indptr[rows]
     new_indptr = torch.zeros(rows.numel() + 1, dtype=torch.long)
     torch.cumsum(lengths, 0, out=new_indptr[1:])
-    local = torch.repeat_interleave(torch.arange(rows.numel()), lengths)
-    pos = starts[local] + torch.arange(local.numel()) - new_indptr[:-1][local]
+    _, pos = csr_rows(indptr, rows)
     return new_indptr, values[pos]
 
 
-def _dense_mask(
+def dense_mask(
     indptr: torch.Tensor, values: torch.Tensor, start: int, stop: int, num_items: int, device: torch.device
 ) -> torch.Tensor:
     """bool [stop - start, num_items] with the CSR values of rows start..stop-1 set: one scatter."""
@@ -155,12 +153,12 @@ class EvalBlocks:
 
     def _batch(self, start: int, stop: int) -> dict[str, torch.Tensor]:
         s, dev = self.split, self.device
-        history = _dense_mask(s.history_indptr, s.history_items, start, stop, s.num_items, dev)
+        history = dense_mask(s.history_indptr, s.history_items, start, stop, s.num_items, dev)
         history[:, 0] = True  # padding is never a candidate
         batch = {
             "user": s.users[start:stop].to(dev),
             "history_mask": history,
-            "target_mask": _dense_mask(s.target_indptr, s.target_items, start, stop, s.num_items, dev),
+            "target_mask": dense_mask(s.target_indptr, s.target_items, start, stop, s.num_items, dev),
         }
         if s.seq is not None and s.seq_len is not None:
             batch["seq"] = s.seq[start:stop].to(dev)
@@ -229,8 +227,8 @@ def build_eval_split(
     h_indptr, h_items = history.csr(data.num_users)
     counts = t_indptr[1:] - t_indptr[:-1]
     users = torch.nonzero(counts > 0).flatten()
-    h_indptr, h_items = _subset_csr(h_indptr, h_items, users)
-    t_indptr, t_items = _subset_csr(t_indptr, t_items, users)
+    h_indptr, h_items = subset_csr(h_indptr, h_items, users)
+    t_indptr, t_items = subset_csr(t_indptr, t_items, users)
     seq = seq_len = None
     if max_seq_len is not None:
         seq, seq_len = last_items(h_indptr, h_items, max_seq_len)
@@ -263,7 +261,7 @@ def sample_candidates(
     log_w[0] = -math.inf
     seen = Interactions.concat([data.train, data.valid, data.test])
     s_indptr, s_items = seen.csr(data.num_users)
-    s_indptr, s_items = _subset_csr(s_indptr, s_items, users)
+    s_indptr, s_items = subset_csr(s_indptr, s_items, users)
     most_seen = int((s_indptr[1:] - s_indptr[:-1]).max()) if users.numel() else 0
     if n > data.num_items - 1 - most_seen:
         raise ConfigError(
@@ -276,7 +274,7 @@ def sample_candidates(
         stop = min(start + rows, users.numel())
         gumbel = -torch.log(-torch.log(torch.rand(stop - start, data.num_items, generator=generator)))
         keys = log_w[None, :] + gumbel
-        keys.masked_fill_(_dense_mask(s_indptr, s_items, start, stop, data.num_items, keys.device), -math.inf)
+        keys.masked_fill_(dense_mask(s_indptr, s_items, start, stop, data.num_items, keys.device), -math.inf)
         out[start:stop] = torch.topk(keys, n, dim=1).indices
     return out
 

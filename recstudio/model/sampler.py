@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from recstudio.data.dataset import csr_rows
 from recstudio.errors import ConfigError, ModelError
 from recstudio.model.cluster import kmeans, nearest_centroid
 
@@ -50,17 +51,6 @@ MAX_REDRAWS = 8
 """Rejection rounds for excluded positives (each redraws only the slots that still hit); the
 draws still hitting a positive after them (users owning most of the proposal mass) are drawn
 exactly from q restricted to the user's non-positives."""
-
-
-def csr_rows(indptr: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expand the CSR lists of ``owners`` [n] (``indptr`` [N+1]): (row [m], index [m]) with
-    ``index`` running over owner ``owners[row]``'s entries, all lists back to back."""
-    lengths = indptr[owners + 1] - indptr[owners]
-    row = torch.repeat_interleave(torch.arange(owners.numel(), device=owners.device), lengths)
-    offset = torch.arange(row.numel(), device=owners.device) - torch.repeat_interleave(
-        torch.cumsum(lengths, 0) - lengths, lengths
-    )
-    return row, torch.repeat_interleave(indptr[owners], lengths) + offset
 
 
 class Sampler(nn.Module):

@@ -108,30 +108,27 @@ class ServedModel:
     def _batch(
         self, users: list[int] | None, recent: list[list[int]] | None, n: int
     ) -> dict[str, torch.Tensor]:
-        """One evaluation-shaped batch for ``n`` requests (see the module docstring)."""
-        num_items = self.data.num_items
-        mask = torch.zeros(n, num_items, dtype=torch.bool)
-        rows: list[torch.Tensor] = []
+        """One evaluation-shaped batch for ``n`` requests (see the module docstring), built with
+        the evaluation's own CSR helpers."""
+        from recstudio.eval.ranking import dense_mask, last_items, subset_csr
+
+        num_items, cpu = self.data.num_items, torch.device("cpu")
         user = torch.zeros(n, dtype=torch.long)
+        mask = torch.zeros(n, num_items, dtype=torch.bool)
+        sequence: tuple[torch.Tensor, torch.Tensor] | None = None
         if users is not None:
             user = torch.tensor(users, dtype=torch.long)
-            starts, ends = self.history_indptr[user], self.history_indptr[user + 1]
-            lengths = ends - starts
-            row = torch.repeat_interleave(torch.arange(n), lengths)
-            offset = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
-                torch.cumsum(lengths, 0) - lengths, lengths
-            )
-            items = self.history_items[torch.repeat_interleave(starts, lengths) + offset]
-            mask[row, items] = True
-            rows = [items[row == i] for i in range(n)] if recent is None and self.sequence_len else []
-        if recent is not None:
-            rows = [torch.tensor(r, dtype=torch.long) for r in recent]
-            for i, r in enumerate(rows):
-                mask[i, r] = True
+            sequence = subset_csr(self.history_indptr, self.history_items, user)
+            mask |= dense_mask(*sequence, 0, n, num_items, cpu)
+        if recent is not None:  # the request's items are the sequence (and seen)
+            indptr = torch.zeros(n + 1, dtype=torch.long)
+            torch.cumsum(torch.tensor([len(r) for r in recent], dtype=torch.long), 0, out=indptr[1:])
+            sequence = (indptr, torch.tensor([i for r in recent for i in r], dtype=torch.long))
+            mask |= dense_mask(*sequence, 0, n, num_items, cpu)
         mask[:, 0] = True  # padding is never a candidate
         batch = {"user": user, "history_mask": mask}
-        if self.sequence_len:
-            batch["seq"], batch["seq_len"] = _left_padded(rows, n, self.sequence_len)
+        if self.sequence_len and sequence is not None:
+            batch["seq"], batch["seq_len"] = last_items(*sequence, self.sequence_len)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
@@ -144,7 +141,7 @@ class ServedModel:
         """Top-k for each request: ``[{"user": raw or None, "items": [raw ids], "scores": [..]}]``.
 
         ``users``: raw user ids; ``items``: per request, recent raw item ids, oldest first
-        (sequential models) or the items to treat as seen (history-reading models).
+        (sequential models only; with ``users`` too, the user's history is also excluded).
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -181,15 +178,3 @@ class ServedModel:
                 }
             )
         return answers
-
-
-def _left_padded(rows: list[torch.Tensor], n: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's last ``max_len`` items, left-padded with 0 (most recent last), and counts."""
-    seq = torch.zeros(n, max_len, dtype=torch.long)
-    seq_len = torch.zeros(n, dtype=torch.long)
-    for i, r in enumerate(rows):  # one row per request: requests are few
-        tail = r[-max_len:]
-        if tail.numel():
-            seq[i, max_len - tail.numel() :] = tail
-        seq_len[i] = tail.numel()
-    return seq, seq_len
