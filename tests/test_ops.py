@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from recstudio.model.loss import BCELoss, BPRLoss
-from recstudio.model.ops import Embedding, gather_rows, sampled_inner_product_loss, sum_squared_rows
+from recstudio.model.ops import (
+    Embedding,
+    full_softmax_inner_product_loss,
+    gather_rows,
+    sampled_inner_product_loss,
+    sum_squared_rows,
+)
 from recstudio.testing import planted_data
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc)")
@@ -134,6 +140,68 @@ def test_bpr_fused_step_equals_generic_step(loss: str) -> None:
     assert fused_value == pytest.approx(generic_value, rel=1e-6)
     for fused, generic in zip(fused_grads, generic_grads):
         assert torch.allclose(fused, generic, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("budget", [1, 50, 1 << 19])
+@pytest.mark.parametrize("temperature", [1.0, 0.2])
+def test_full_softmax_inner_product_loss_matches_cross_entropy(
+    budget: int, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row blocks of one row, a few rows, all rows: the value and both gradients of
+    ``F.cross_entropy((query @ items.T) / T, target)`` with padding column 0 at -inf (float64)."""
+    from recstudio.model import ops
+
+    monkeypatch.setattr(ops, "SOFTMAX_CPU_BLOCK_ELEMENTS", budget)
+    torch.manual_seed(4)
+    n, d, num_items = 37, 6, 15
+    query = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(num_items, d, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, num_items, (n,))
+    fast = full_softmax_inner_product_loss(query, items, target, temperature)
+    fast_grads = torch.autograd.grad(3.0 * fast, (query, items))
+    scores = query @ items.T
+    scores[:, 0] = -torch.inf
+    ref = torch.nn.functional.cross_entropy(scores / temperature, target)
+    ref_grads = torch.autograd.grad(3.0 * ref, (query, items))
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-12)
+    for got, want in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert fast_grads[1][0].abs().sum() == 0  # the padding item gets no gradient
+    with pytest.raises(ValueError, match="target"):
+        full_softmax_inner_product_loss(query, items, target[:-1])
+
+
+def test_softmax_model_fused_loss_equals_generic_loss() -> None:
+    """A sequential model's full-softmax training loss (fused path) gives the generic path's
+    loss and gradients on a real batch; a scorer subclass runs the generic path."""
+    from recstudio.model.scorer import InnerProductScorer
+    from recstudio.model.seq.stamp import STAMP, STAMPConfig
+
+    data = planted_data(num_users=30, num_items=25, min_len=6, max_len=14, seed=3)
+    model = STAMP(STAMPConfig(max_seq_len=10, embed_dim=8, init_std=0.3), data)
+    seq = torch.randint(0, data.num_items, (16, 10))
+    target = torch.randint(1, data.num_items, (16, 10))
+    target[seq == 0] = 0
+    batch = {"seq": seq, "target": target, "user": torch.arange(1, 17)}
+    assert model.fused_full_softmax(model.item_vectors(), model.item_vectors())
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        value = model.training_loss(batch)
+        value.backward()
+        return value.item(), [p.grad.clone() for p in model.parameters()]
+
+    fused_value, fused_grads = loss_and_grads()
+
+    class PlainInnerProduct(InnerProductScorer):
+        """A subclass: the fused path must not assume its formula, so the generic path runs."""
+
+    model.scorer = PlainInnerProduct()
+    assert not model.fused_full_softmax(model.item_vectors(), model.item_vectors())
+    generic_value, generic_grads = loss_and_grads()
+    assert fused_value == pytest.approx(generic_value, rel=1e-6)
+    for fused, generic in zip(fused_grads, generic_grads):
+        torch.testing.assert_close(fused, generic, rtol=1e-4, atol=1e-7)
 
 
 def test_step_scheduler_decays_learning_rate_each_epoch() -> None:
@@ -329,3 +397,4 @@ def test_step_groups_train_exactly_like_single_batches(variant: str, monkeypatch
         assert torch.equal(probe.params, reference.params)
         if variant == "hook":
             assert probe.after_backward == reference.after_backward == reference.global_step
+

@@ -41,8 +41,13 @@ from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError, ModelError, NonFiniteLossError
 from recstudio.eval.metrics import higher_is_better
 from recstudio.model.contract import MAIN, DataContract
-from recstudio.model.loss import BCELoss, BPRLoss
-from recstudio.model.ops import gather_rows, sampled_inner_product_loss, sum_squared_rows
+from recstudio.model.loss import BCELoss, BPRLoss, FullSoftmaxLoss
+from recstudio.model.ops import (
+    full_softmax_inner_product_loss,
+    gather_rows,
+    sampled_inner_product_loss,
+    sum_squared_rows,
+)
 from recstudio.model.scorer import InnerProductScorer
 
 _FUSED_KINDS: dict[type, str] = {BPRLoss: "bpr", BCELoss: "bce"}
@@ -662,6 +667,16 @@ class ItemTowerRecommender(Recommender):
             return None
         return kind
 
+    def fused_full_softmax(self, query: torch.Tensor, items: torch.Tensor) -> bool:
+        """Whether ``full_softmax_inner_product_loss`` computes this model's loss: the full
+        softmax (``FullSoftmaxLoss``) over inner-product scores (exact classes: a subclass may
+        change the formula), float32 as the generic path computes it, on any device."""
+        return (
+            type(self.loss_fn) is FullSoftmaxLoss
+            and type(self.scorer) is InnerProductScorer
+            and query.dtype == items.dtype == torch.float32
+        )
+
     def ranking_loss(
         self,
         query: torch.Tensor,
@@ -694,6 +709,9 @@ class ItemTowerRecommender(Recommender):
         exactly the rows its loss used (BPR-Opt)."""
         items = self.item_vectors() if items is None else items
         if getattr(self.loss_fn, "needs_all_scores", False):
+            if self.fused_full_softmax(query, items):
+                loss = full_softmax_inner_product_loss(query, items, pos_items, self.loss_fn.temperature)
+                return loss, pos_items
             all_scores = self.scorer.matrix(query, items)
             all_scores[:, 0] = -torch.inf  # padding is never a target
             return self.loss_fn(all_scores, pos_items), pos_items

@@ -13,6 +13,17 @@ and the attention of every position t over i <= t one masked [B, L, L] tensor op
 (``recstudio.model.seq.causal_ops``), so one forward pass gives a next-item loss at every
 position (RecBole: one prefix per sample). Padding never enters the mean or the attention.
 
+Speed (issue 15: an epoch >= 10x faster than RecBole 1.2.1's STAMP on ml-100k, one core
+each). A training step (4 per epoch; ~9.8k target positions of 256 users, 1683 items) cost
+848 ms with the attention as one [B, L, L, H] tensor formula (forward + backward 410 ms) and
+the full softmax as [N, I] score tensors (300 ms); both freshly allocated 66-164 MB tensors
+per op. Both are now computed in cache-sized blocks, with the same math
+(``causal_ops.causal_additive_attention``: 43 ms; ``ops.full_softmax_inner_product_loss``:
+~145 ms; float rounding only, valid/test NDCG@10 unchanged): 241 ms a step, the softmax loss
+now the largest part (its three [N, I] x d matmuls). Measured 2026-12-07, one pinned core,
+``compare_accuracy.py --models STAMP --epochs 5``: 0.88 s per epoch against RecBole's 17.05
+(19x; was 2.93 against 18.72, 6.4x).
+
 Departures: the paper passes the trilinear score through a sigmoid before its softmax
 cross-entropy; here the raw score is the logit of the default full softmax (as RecBole does),
 and any ``RankingParts`` loss can be chosen. RecBole 1.2.1 adds m_s to m_a
@@ -56,8 +67,8 @@ class STAMPConfig(RankingParts):
     """Allowed values, checked when the config is built (``--set`` errors name the key)."""
 
     max_seq_len: int = 50
-    """Longest input sequence (the most recent items are kept); the attention's pairwise tensor
-    grows with its square."""
+    """Longest input sequence (the most recent items are kept); the attention's work grows with
+    its square (RecBole's MAX_ITEM_LIST_LENGTH is 50; 20 items ranked worse)."""
     embed_dim: int = 64
     dropout: float = 0.0
     """Dropout on the item embeddings read by the model (the paper and RecBole have none)."""
