@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recstudio.model.loss import BCELoss, BPRLoss
@@ -13,6 +14,7 @@ from recstudio.model.ops import (
     Embedding,
     full_softmax_inner_product_loss,
     gather_rows,
+    l2_normalize,
     sampled_inner_product_loss,
     sum_squared_rows,
 )
@@ -398,3 +400,19 @@ def test_step_groups_train_exactly_like_single_batches(variant: str, monkeypatch
         if variant == "hook":
             assert probe.after_backward == reference.after_backward == reference.global_step
 
+
+@pytest.mark.parametrize(("shape", "dim"), [((7, 5), 1), ((3, 4, 6), -1), ((3, 4, 6), 1)])
+def test_l2_normalize_matches_f_normalize_values_and_gradients(shape, dim):
+    torch.manual_seed(0)
+    big = torch.randn(*shape, dtype=torch.double)
+    big[0] = 0.0  # an all-zero row (padding): x / eps, as F.normalize
+    tiny = torch.randn(*shape, dtype=torch.double) * 1e-14  # norms below eps
+    grad = torch.randn(*shape, dtype=torch.double)
+    for x in (big, tiny):
+        x = x.clone().requires_grad_()
+        torch.testing.assert_close(l2_normalize(x, dim), F.normalize(x, dim=dim))
+        (ours,) = torch.autograd.grad(l2_normalize(x, dim), x, grad)
+        (want,) = torch.autograd.grad(F.normalize(x, dim=dim), x, grad)
+        torch.testing.assert_close(ours, want)
+    with torch.no_grad():
+        torch.testing.assert_close(l2_normalize(big, dim), F.normalize(big, dim=dim))

@@ -27,11 +27,13 @@ user -> item mean aggregation. This module builds those matrices from edge lists
 - ``PropagatedTwoTower``: the base of models whose towers come out of one propagation (LightGCN,
   NGCF, LightGCL, DGCF): one propagation per evaluation pass, LightGCN's BPR-Opt training step.
 
-Why CSR with a hand-written backward: on the project's 2-core CPU, two layers of propagation
-over the ml-100k graph (2,519 nodes, 132,026 edges, d = 64) forward and backward took
-2.3-3.2 ms with CSR and this backward, 15-35 ms with ``torch.sparse.mm`` on a coalesced COO
-tensor, and 18-27 ms with CSR and autograd's own backward (which transposes the CSR matrix on
-every step). The forward alone: 0.65-1.1 ms CSR, 6.8-7.9 ms COO. (``benchmarks/README.md``, pilots.)
+Why CSR parts, an embedding-bag product and a hand-written backward: on the project's 2-core
+CPU, two layers of propagation over the ml-100k graph (2,519 nodes, 132,026 edges, d = 64)
+forward and backward took 2.3-3.2 ms with a CSR tensor and this backward, 15-35 ms with
+``torch.sparse.mm`` on a coalesced COO tensor, and 18-27 ms with CSR and autograd's own backward
+(which transposes the CSR matrix on every step). Multiplying from the CSR parts with
+``F.embedding_bag`` (``csr_product``) then cut each product another 2-3x (0.66 vs 1.93 ms, one
+loaded core; ``benchmarks/README.md``, graph speed).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.ops import gather_rows, sum_squared_rows
+from recstudio.model.ops import gather_rows, l2_normalize, sum_squared_rows
 
 
 def bipartite_edges(
@@ -105,29 +107,51 @@ def _csr_parts(
     return crow, key % num_cols, summed
 
 
+CsrParts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(crow_indices [rows + 1], col_indices [nnz], values [nnz]) of a CSR matrix."""
+
+
+def csr_product(parts: CsrParts, x: torch.Tensor) -> torch.Tensor:
+    """``M @ x`` [rows, d] for M given by its CSR ``parts`` and dense x [cols, d], as one
+    weighted embedding-bag sum: row r of the result sums ``value[k] * x[col[k]]`` over its
+    entries k, the bags delimited by ``crow``. Rows without entries are 0.
+
+    Why not ``sparse_csr_tensor @ x``: the same product (same sums, float rounding aside) runs
+    2-3x faster through ``F.embedding_bag`` on the project's CPU, one core: the ml-100k graph
+    (2,519 nodes, 132k entries, d = 64) 0.66 vs 1.93 ms; an ml-1m-sized graph (1.5M entries)
+    11.7 vs 31.9 ms at d = 64, 67 vs 118 ms at d = 256; 4M entries 231 vs 625 ms
+    (``benchmarks/README.md``, graph speed). ``embedding_bag`` is a fused kernel on CUDA too."""
+    crow, col, value = parts
+    flat = x.reshape(x.shape[0], -1)
+    out = nn.functional.embedding_bag(
+        col, flat, crow, mode="sum", per_sample_weights=value.to(flat.dtype), include_last_offset=True
+    )
+    return out.reshape(crow.shape[0] - 1, *x.shape[1:])
+
+
 class _SpMM(torch.autograd.Function):
-    """``matrix @ x`` whose gradient for ``x`` is ``transposed @ grad`` with a transpose built
-    once (autograd's own backward of a CSR product transposes the matrix on every call)."""
+    """``M @ x`` whose gradient for ``x`` is ``M^T @ grad`` from a transpose built once
+    (autograd's own backward of a sparse product transposes the matrix on every call)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, matrix: CsrParts, transposed: CsrParts) -> torch.Tensor:
         ctx.transposed = transposed
-        return matrix @ x
+        return csr_product(matrix, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        return ctx.transposed @ grad.contiguous(), None, None
+        return csr_product(ctx.transposed, grad), None, None
 
 
 class SparseMatrix(nn.Module):
     """A fixed sparse matrix [num_rows, num_cols]: ``m(x)`` is ``M @ x`` for dense x [num_cols, d].
 
     Stored as CSR parts in non-persistent buffers (they follow ``.to(device)``, stay out of
-    checkpoints, and are dense tensors, which DDP can broadcast); the sparse tensor is assembled
-    per call, which costs microseconds and copies nothing. ``symmetric=True`` declares M = M^T,
-    so the backward reuses M; otherwise the transpose's CSR parts are stored too.
+    checkpoints, and are dense tensors, which DDP can broadcast); ``csr_product`` multiplies
+    from the parts directly. ``symmetric=True`` declares M = M^T, so the backward reuses M;
+    otherwise the transpose's CSR parts are stored too.
     """
 
     def __init__(
@@ -162,29 +186,23 @@ class SparseMatrix(nn.Module):
     def nnz(self) -> int:
         return int(self.value.numel())
 
-    @staticmethod
-    def _assemble(
-        crow: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype
-    ) -> torch.Tensor:
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": said once per process
-            warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(crow, col, value.to(dtype), shape, check_invariants=False)
+    def parts(self, value: torch.Tensor | None = None) -> CsrParts:
+        """M's CSR parts; with ``value`` (entries in M's CSR order) those entries instead."""
+        return self.crow, self.col, self.value if value is None else value
+
+    def transposed_parts(self, value: torch.Tensor | None = None) -> CsrParts:
+        """M^T's CSR parts (M's own when symmetric); with ``value`` (entries in M's CSR order,
+        see ``forward``) the transpose of that matrix."""
+        crow, col = (self.crow, self.col) if self.symmetric else (self.t_crow, self.t_col)
+        if value is not None:
+            return crow, col, value[self.t_perm]
+        return crow, col, self.value if self.symmetric else self.t_value
 
     def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """M as a sparse CSR tensor on the buffers' device."""
-        return self._assemble(self.crow, self.col, self.value, self.shape, dtype)
-
-    def transposed(
-        self, dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """M^T as a sparse CSR tensor (M itself when symmetric); with ``value`` (entries in M's
-        CSR order, see ``forward``) the transpose of that matrix."""
-        if value is not None:
-            crow, col = (self.crow, self.col) if self.symmetric else (self.t_crow, self.t_col)
-            return self._assemble(crow, col, value[self.t_perm], self.shape[::-1], dtype)
-        if self.symmetric:
-            return self.matrix(dtype)
-        return self._assemble(self.t_crow, self.t_col, self.t_value, self.shape[::-1], dtype)
+        """M as a sparse CSR tensor on the buffers' device (for inspection and tests)."""
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(self.crow, self.col, self.value.to(dtype), self.shape)
 
     def to_dense(self) -> torch.Tensor:
         return self.matrix().to_dense()
@@ -200,16 +218,10 @@ class SparseMatrix(nn.Module):
         entries for the same positions (M's CSR order, e.g. ``dropout(p)``), no gradient."""
         if x.shape[0] != self.shape[1]:
             raise ValueError(f"cannot multiply a {self.shape} matrix by x of shape {tuple(x.shape)}")
-        if value is None:
-            matrix = self.matrix(x.dtype)
-            transposed = (lambda: matrix) if self.symmetric else (lambda: self.transposed(x.dtype))
-        else:
-            value = value.detach()
-            matrix = self._assemble(self.crow, self.col, value, self.shape, x.dtype)
-            transposed = lambda: self.transposed(x.dtype, value)  # noqa: E731
+        value = None if value is None else value.detach()
         if not (torch.is_grad_enabled() and x.requires_grad):
-            return matrix @ x
-        return _SpMM.apply(x, matrix, transposed())
+            return csr_product(self.parts(value), x)
+        return _SpMM.apply(x, self.parts(value), self.transposed_parts(value))
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"
@@ -267,7 +279,7 @@ def perturb(x: torch.Tensor, eps: float) -> torch.Tensor:
     """SimGCL's uniform noise (Yu et al., SIGIR 2022, eq. 7): ``x + eps * sign(x) * n / |n|``
     with n ~ U(0, 1)^d per row: each row moves by exactly ``eps`` (L2), into the hyperoctant
     of x, so the noise rotates an embedding by a small angle and never flips a coordinate."""
-    noise = torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
+    noise = l2_normalize(torch.rand_like(x), dim=-1)
     return x + eps * torch.sign(x) * noise
 
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recstudio.model.ops import l2_normalize
+
 Activation = Literal["relu", "gelu"]
 
 
@@ -113,8 +115,19 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
     threshold = min(255, max(1, round(256 * p)))
-    keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= threshold
-    return torch.where(keep, x * (256.0 / (256 - threshold)), x.new_zeros(()))
+    # a multiplication by the scaled mask: its backward is one product (``torch.where`` with a
+    # scaled input measured 1.5x slower forward and backward)
+    mask = (random_bytes(x.shape) >= threshold).to(x.dtype).mul_(256.0 / (256 - threshold))
+    return x * mask
+
+
+def random_bytes(shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Independent uniform bytes [shape] (uint8, CPU) from the default generator, drawn as
+    64-bit words: ``random_`` makes one draw per element whatever the dtype, so eight bytes per
+    draw cost 5x less than ``uint8.random_()`` (0.13 vs 0.69 ms for 161k bytes, one core)."""
+    count = math.prod(shape)
+    words = torch.empty((count + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
+    return words.view(torch.uint8)[:count].view(shape)
 
 
 class Dropout(nn.Module):
@@ -409,8 +422,8 @@ class TransR(nn.Module):
         projected = self.project(torch.cat([head.unsqueeze(1), tails], dim=1), relation)
         r = self.relation(relation)
         if self.normalize:
-            projected = F.normalize(projected, dim=-1)
-            r = F.normalize(r, dim=-1)
+            projected = l2_normalize(projected, dim=-1)
+            r = l2_normalize(r, dim=-1)
         h, t = projected[:, :1], projected[:, 1:]
         return (h + r.unsqueeze(1) - t).square().sum(-1)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recstudio.errors import ConfigError
+from recstudio.model.ops import l2_normalize
 
 
 class FullSoftmaxLoss(nn.Module):
@@ -299,7 +300,7 @@ def contrastive_loss(
             )
         target = torch.arange(anchor.shape[0], device=anchor.device)
     if similarity == "cosine":
-        logits = F.normalize(anchor, dim=-1) @ F.normalize(candidates, dim=-1).T
+        logits = l2_normalize(anchor, dim=-1) @ l2_normalize(candidates, dim=-1).T
     elif similarity == "dot":
         logits = anchor @ candidates.T
     else:

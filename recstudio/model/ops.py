@@ -12,6 +12,9 @@ everywhere else (CUDA, no compiler) models run the generic autograd formula of t
 
 ``full_softmax_inner_product_loss``: the full softmax cross-entropy over inner-product scores
 in cache-sized row blocks (tensor code, any device), the speed path of ``FullSoftmaxLoss``.
+
+``l2_normalize``: ``F.normalize``'s values with a backward of two passes (tensor code, any
+device): 2.8x faster forward and backward on a [2519, 64] table, one core.
 """
 
 from __future__ import annotations
@@ -25,6 +28,38 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from recstudio import native
+
+
+class _L2Normalize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+        squared = (x * x).sum(dim, keepdim=True)
+        inverse = squared.clamp_min(eps * eps).rsqrt()
+        y = x * inverse
+        # where the norm is below eps the op is x / eps: a plain scaling, no projection
+        ctx.save_for_backward(y, inverse, squared > eps * eps)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        y, inverse, unclamped = ctx.saved_tensors
+        along = (grad * y).sum(ctx.dim, keepdim=True) * unclamped
+        return (grad - y * along) * inverse, None, None
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """``x / max(||x||_2, eps)`` along ``dim``, the values of ``F.normalize(x, dim=dim, eps=eps)``.
+
+    Why not ``F.normalize``: its autograd backward runs through the norm, the clamp, the
+    expansion and the division (about eight passes over x); this one stores the output and
+    computes ``(g - y <g, y>) / ||x||`` in two (forward and backward of a [2519, 64] table:
+    0.71 vs 2.0 ms, one loaded core), which is NGCF's per-layer normalisation and the cosine
+    scorer's and contrastive losses' inputs."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x * (x * x).sum(dim, keepdim=True).clamp_min(eps * eps).rsqrt()
+    return _L2Normalize.apply(x, dim, eps)
 
 
 class _GatherRows(torch.autograd.Function):

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recstudio.errors import ConfigError
+from recstudio.model.ops import l2_normalize
 
 
 class Scorer(nn.Module):
@@ -59,7 +59,7 @@ class CosineScorer(InnerProductScorer):
         self.eps = eps
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1, eps=self.eps)
+        return l2_normalize(x, dim=-1, eps=self.eps)
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return super().forward(self._unit(q), self._unit(v))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from recstudio.model.base import TowerFreeRecommender
 from recstudio.model.contract import DataContract, TrainInput
 from recstudio.model.layers import dropout
+from recstudio.model.ops import l2_normalize
 
 
 class HistoryAutoencoder(TowerFreeRecommender):
@@ -52,7 +53,7 @@ def history_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def normalized_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """The autoencoders' input: each row L2-normalised, then dropped out with rate ``p`` while
     training (inverted dropout, ``recstudio.model.layers.dropout``)."""
-    return dropout(F.normalize(x, dim=1), p, training)
+    return dropout(l2_normalize(x, dim=1), p, training)
 
 
 def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ from recstudio.model.ae.common import (
     reparameterize,
 )
 from recstudio.model.layers import tanh_mlp
+from recstudio.model.ops import l2_normalize
 from recstudio.model.registry import register
 
 
@@ -116,7 +117,7 @@ class MacridVAE(KLAnnealing, HistoryAutoencoder):
     def concept_weights(self, items: torch.Tensor, sample: bool) -> torch.Tensor:
         """Item-to-concept assignments [I, K] of normalised items: a Gumbel-softmax sample when
         ``sample`` (unless ``nogb``), the softmax otherwise."""
-        logits = items @ F.normalize(self.concepts, dim=1).T / self.config.tau
+        logits = items @ l2_normalize(self.concepts, dim=1).T / self.config.tau
         if sample and not self.config.nogb:
             return F.gumbel_softmax(logits, tau=1.0, hard=False, dim=-1)
         return torch.softmax(logits, dim=-1)
@@ -126,14 +127,14 @@ class MacridVAE(KLAnnealing, HistoryAutoencoder):
         [B, I] whose padding column is zero; ``sample``: dropout, Gumbel assignments and latent
         noise (training), else the deterministic mode."""
         d, tau = self.config.embed_dim, self.config.tau
-        items = F.normalize(self.item_emb, dim=1)
+        items = l2_normalize(self.item_emb, dim=1)
         cates = self.concept_weights(items, sample)  # [I, K]
         h = normalized_dropout(x, self.config.dropout, sample)
         per_concept = h[:, None, :] * cates.T[None]  # [B, K, I]
         out = self.encoder(per_concept)  # [B, K, 2d]
-        mu = F.normalize(out[..., :d], dim=-1)
+        mu = l2_normalize(out[..., :d], dim=-1)
         logvar = -out[..., d:]
-        z = F.normalize(reparameterize(mu, logvar, sample, self.config.std), dim=-1)
+        z = l2_normalize(reparameterize(mu, logvar, sample, self.config.std), dim=-1)
         logits = z @ items.T / tau  # [B, K, I]
         log_mix = torch.logsumexp(logits + cates.T.log()[None], dim=1)
         return log_mix, mu, logvar

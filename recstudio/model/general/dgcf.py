@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recstudio.config import EvalConfig, TrainConfig
@@ -45,7 +44,7 @@ from recstudio.model.graph import (
     symmetric_norm,
 )
 from recstudio.model.loss import distance_correlation
-from recstudio.model.ops import user_item_tables
+from recstudio.model.ops import l2_normalize, user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -89,7 +88,7 @@ def intent_routing(
     k, n, dk = x.shape
 
     def node_major(z: torch.Tensor) -> torch.Tensor:  # [N, K, d/K]: an edge gathers one row
-        return F.normalize(z, dim=-1).transpose(0, 1).contiguous()
+        return l2_normalize(z, dim=-1).transpose(0, 1).contiguous()
 
     with torch.no_grad():
         unit_neighbour = torch.tanh(node_major(x)).index_select(0, col)  # [E, K, d/K]

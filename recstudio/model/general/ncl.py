@@ -47,6 +47,7 @@ from recstudio.model.cluster import kmeans
 from recstudio.model.general.lightgcn import LightGCN
 from recstudio.model.graph import layer_outputs, split_nodes
 from recstudio.model.loss import contrastive_loss
+from recstudio.model.ops import l2_normalize
 from recstudio.model.registry import register
 
 
@@ -120,7 +121,7 @@ class NCL(LightGCN):
         """(L2-normalised centroids [k, d], cluster of each row [n]) of k-means on the rows
         1.. of a layer-0 table (the padding row 0 is left out and gets cluster 0)."""
         centroids, assignment = kmeans(table[1:], self.config.num_clusters, self.config.kmeans_iters)
-        return F.normalize(centroids, dim=1), F.pad(assignment, (1, 0))
+        return l2_normalize(centroids, dim=1), F.pad(assignment, (1, 0))
 
     def e_step(self) -> None:
         """Prototypes of the current layer-0 user and item embeddings."""

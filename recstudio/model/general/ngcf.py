@@ -37,7 +37,7 @@ from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.graph import PropagatedTwoTower, normalized_adjacency, split_nodes
 from recstudio.model.layers import dropout
-from recstudio.model.ops import user_item_tables
+from recstudio.model.ops import l2_normalize, user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
 
@@ -55,8 +55,10 @@ class NGCFLayer(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, side: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # the second product accumulates into the first (one addmm, no separate sum)
-        return torch.addmm(self.w1(side + x), side * x, self.w2.weight.t()) + self.w2.bias
+        # both biases enter the first product and the second accumulates into it: two addmm,
+        # no separate sums over the node table
+        first = torch.addmm(self.w1.bias + self.w2.bias, side + x, self.w1.weight.t())
+        return torch.addmm(first, side * x, self.w2.weight.t())
 
 
 @register
@@ -133,7 +135,7 @@ class NGCF(PropagatedTwoTower):
         for layer in self.layers:
             x = F.leaky_relu(layer(self.adjacency(x, value), x), negative_slope=0.2)
             x = dropout(x, self.config.message_dropout, self.training)
-            x = F.normalize(x, p=2, dim=1)
+            x = l2_normalize(x, dim=1)
             out.append(x)
         table = torch.cat(out, dim=1)
         return split_nodes(table, self.num_users)
