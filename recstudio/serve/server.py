@@ -33,7 +33,11 @@ class ModelServer:
         self, model_uri: str, tracking_uri: str, workers: int = 1, startup_seconds: float = 120.0
     ) -> None:
         self.port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        # mlflow execs ``uvicorn`` by name: this environment's scripts first on PATH, so an
+        # interpreter run without activating its virtual environment still finds it
+        scripts = str(Path(sys.executable).parent)
+        path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
         mlflow_cli = Path(sys.executable).with_name("mlflow")
         command = [
             str(mlflow_cli), "models", "serve", "--env-manager", "local", "-m", model_uri,
