@@ -102,6 +102,16 @@ def _duration(seconds: float | None) -> str:
     type=click.Path(dir_okay=False),
     help="YAML/JSON search space (RecStudio or NNI format); replaces the model's default space.",
 )
+@click.option(
+    "--enqueue",
+    "enqueue",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Run these points first, after the defaults trial (Optuna's enqueue_trial): a YAML/JSON file "
+    "of search-space keys -> values, a list of such mappings, or a full config such as "
+    "`recstudio best --export`'s (its searched keys are taken). Keys left out are sampled; points "
+    "the study already holds are skipped. Repeatable.",
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes sharing the study (default 1).")
 @click.option(
     "--heartbeat-interval",
@@ -156,6 +166,7 @@ def tune_command(
     metric,
     costs,
     search_space,
+    enqueue,
     workers,
     heartbeat_interval,
     defaults_trial,
@@ -182,6 +193,8 @@ def tune_command(
       recstudio tune -m BPR -d ml-100k --search-space space.json --pruner hyperband --epochs 30
       recstudio tune -m BPR -d ml-100k --set embed_dim=64 --storage postgresql+psycopg://optuna@db/optuna
       recstudio tune -m NCF -d ml-100k --trials 30 --cost fit_seconds
+      recstudio best XSimGCL-ml-100k --export xsimgcl.yaml
+      recstudio tune -m SimGCL -d ml-100k --enqueue xsimgcl.yaml   # start from a neighbour's best
     """
     from recstudio.cli import setup_logging
     from recstudio.errors import TrainingError
@@ -214,6 +227,7 @@ def tune_command(
             defaults_trial=defaults_trial,
             baseline=baseline,
             costs=tuple(costs),
+            enqueue=tuple(enqueue),
         )
     settings.tracking_uri = tracking_uri
     settings.cache_dir = cache_dir

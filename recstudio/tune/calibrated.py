@@ -42,6 +42,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 ATTR_DEFAULTS = "defaults"
 """Trial user attr marking the defaults trial."""
+ATTR_ENQUEUED = "enqueued"
+"""User attr of a trial queued by ``--enqueue`` (pruned and sampled like any other)."""
 
 
 @dataclass(frozen=True)

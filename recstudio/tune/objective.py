@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from recstudio.errors import TrainingError
-from recstudio.tune.calibrated import ATTR_DEFAULTS
+from recstudio.tune.calibrated import ATTR_DEFAULTS, ATTR_ENQUEUED
 from recstudio.tune.space import suggest
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ TAG_STATE = "optuna.state"
 TAG_INVOCATION = "recstudio.tune.invocation"
 TAG_DEFAULTS = "recstudio.tune.defaults"
 """Child-run tag of the defaults trial."""
+TAG_ENQUEUED = "recstudio.tune.enqueued"
+"""Child-run tag of a trial queued by ``--enqueue``."""
 
 
 class TrialValueError(TrainingError):
@@ -203,6 +205,8 @@ class Objective:
         }
         if defaults:
             tags[TAG_DEFAULTS] = "true"
+        if trial.user_attrs.get(ATTR_ENQUEUED):
+            tags[TAG_ENQUEUED] = "true"
         try:
             cfg = trial_config(s, overrides)
         except Exception as exc:  # a sampled combination the config rejects: this trial fails alone

@@ -39,6 +39,7 @@ TUNE_KEYS = (
     "defaults_trial",
     "baseline",
     "costs",
+    "enqueue",
 )
 """The keys a ``tune:`` section may hold."""
 
@@ -78,6 +79,9 @@ class TuneSettings:
     max_retry: int = 1
     fixed: dict[str, Any] = field(default_factory=dict)
     """Keys fixed on the command line (``--set``/flags), for the record."""
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    """Optuna params of trials to run first (``--enqueue``, ``tune.enqueue``), after the defaults
+    trial; a point the study has already tried is not queued again."""
     # run options
     data_dir: str | None = None
     cache_dir: str | None = None
@@ -211,6 +215,7 @@ def build_settings(
     defaults_trial: bool | None = None,
     baseline: bool | None = None,
     costs: tuple[str, ...] | None = None,
+    enqueue: tuple[str, ...] = (),
 ) -> TuneSettings:
     """Resolve the fixed config and the search space into ``TuneSettings`` (CLI > tune section).
 
@@ -303,6 +308,7 @@ def build_settings(
     if defaults_trial is None:
         # --baseline / tune.baseline: the old opt-in; true is now the default, false opts out
         defaults_trial = True if baseline is None else bool(baseline)
+    queued = _enqueued(enqueue, section, space, model_cls)
     return TuneSettings(
         model=cfg.model_name,
         dataset=cfg.dataset,
@@ -323,5 +329,26 @@ def build_settings(
         heartbeat_interval=int(heartbeat_interval),
         defaults_trial=bool(defaults_trial),
         fixed=fixed,
+        enqueue=queued,
         data_dir=data_dir,
     )
+
+
+def _enqueued(
+    files: tuple[str, ...], section: dict[str, Any], space: SearchSpace, model_cls: type
+) -> list[dict[str, Any]]:
+    """Optuna params of the trials to run first: ``--enqueue`` files, else ``tune.enqueue``."""
+    from recstudio.tune.space import enqueue_params, load_enqueue_file
+
+    entries: list[tuple[str, Any]] = []
+    for path in files:
+        entries += [(f"--enqueue file '{path}'", e) for e in load_enqueue_file(path)]
+    if not files and section.get("enqueue") is not None:
+        raw = section["enqueue"]
+        listed = raw if isinstance(raw, list) else [raw]
+        if not listed or not all(isinstance(e, dict) and e for e in listed):
+            raise ConfigError("tune.enqueue must be a mapping of config key -> value, or a list of them")
+        entries += [("tune.enqueue", e) for e in listed]
+    if entries and not space:
+        raise ConfigError("--enqueue: the search space is empty (every key is fixed), nothing to enqueue")
+    return [enqueue_params(entry, space, model_cls, source) for source, entry in entries]

@@ -542,6 +542,85 @@ def defaults_params(space: SearchSpace, base_config: Mapping[str, Any]) -> dict[
 
 
 baseline_params = defaults_params
+
+
+# --------------------------------------------------------------------------- enqueued trials
+
+_CONFIG_SECTIONS = ("model", "data", "train", "eval")
+
+
+def load_enqueue_file(path: str | Path) -> list[Any]:
+    """The entries of an ``--enqueue`` file (YAML or JSON): one mapping or a list of them.
+
+    A mapping is either search-space keys -> values (``{lr: 0.003, embed_dim: 128}``) or a full
+    nested config (``recstudio best --export``'s file, an experiment file); ``enqueue_params``
+    tells them apart. Not validated here.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--enqueue file '{path}' does not exist")
+    try:
+        content = yaml.safe_load(path.read_text())  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--enqueue file '{path}' cannot be parsed: {exc}") from None
+    entries = content if isinstance(content, list) else [content]
+    if not entries or not all(isinstance(e, Mapping) and e for e in entries):
+        raise ConfigError(
+            f"--enqueue file '{path}' must hold a mapping of config key -> value, or a list of them"
+        )
+    return entries
+
+
+def enqueue_params(
+    entry: Mapping[str, Any], space: SearchSpace, model_cls: type, source: str
+) -> dict[str, Any]:
+    """Optuna params of one trial to run first (``study.enqueue_trial``), checked against ``space``.
+
+    Why: warm-starting a study from a known good configuration (a neighbouring model's best
+    trial, a paper's setting) finds a good region in a few trials where the sampler's random
+    start may spend many. Two forms: a flat mapping (every key must be searched in this study:
+    a fixed key cannot vary per trial, so it is an error rather than silently ignored), or a
+    nested config with ``model``/``train``/... sections, of which only the searched keys are
+    taken. Every value must be one the space can produce; errors name ``source`` and the key.
+    Keys the entry leaves out are sampled as usual.
+    """
+    fields = config_fields(model_cls)
+    nested = any(isinstance(entry.get(s), Mapping) for s in _CONFIG_SECTIONS)
+    values: dict[str, Any] = {}
+    if nested:
+        for key in space:
+            value = config_value(entry, key, _MISSING)
+            if value is not _MISSING:
+                values[key] = value
+        if not values:
+            raise ConfigError(f"{source}: the config sets none of the searched keys ({', '.join(space)})")
+    else:
+        for raw_key, value in entry.items():
+            try:
+                key = resolve_key(raw_key, fields)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            if key not in space:
+                raise ConfigError(
+                    f"{source}: '{raw_key}' is not searched in this study (searched: {', '.join(space)}); "
+                    "a fixed value belongs in --set"
+                )
+            values[key] = value
+    params: dict[str, Any] = {}
+    for key, value in values.items():
+        spec = space[key]
+        if not contains(spec, value):
+            raise ConfigError(
+                f"{source}: {key} = {value!r} is outside the search space ({describe({key: spec})[key]})"
+            )
+        if spec.get("encoded"):  # the choice's own encoding: a mapping's key order must not matter
+            wanted = json.dumps(value, sort_keys=True)
+            choices = _optuna_choices(spec)
+            value = next(c for c in choices if json.dumps(json.loads(c), sort_keys=True) == wanted)
+        params[key] = value
+    return params
 """The name before issue 12 (``--baseline``)."""
 
 

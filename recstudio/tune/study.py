@@ -122,6 +122,8 @@ def create_or_load(
     attrs = study.user_attrs
     if settings.defaults_trial:
         enqueue_defaults(study, settings)
+    if settings.enqueue:
+        enqueue_given(study, settings.enqueue)
     if not existing or "model" not in attrs:
         for key, value in {
             "model": settings.model,
@@ -186,6 +188,32 @@ def enqueue_defaults(study: optuna.Study, settings: TuneSettings) -> bool:
         )
     log.info("the next trial runs the defaults (evaluated in full, never pruned): %s", params)
     return True
+
+
+def enqueue_given(study: optuna.Study, queue: list[dict[str, Any]]) -> int:
+    """Queue the user's trials (``--enqueue``) behind the defaults trial; returns how many.
+
+    Points the study already holds (tried, running or queued, e.g. by the run this one resumes)
+    are skipped, so rerunning the same command does not repeat them. Called where the defaults
+    trial is queued: once per invocation, before any worker starts.
+    """
+    from optuna.trial import TrialState
+
+    from recstudio.tune.calibrated import ATTR_ENQUEUED
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    before = waiting()
+    for params in queue:
+        study.enqueue_trial(params, user_attrs={ATTR_ENQUEUED: True}, skip_if_exists=True)
+    added = waiting() - before
+    if added < len(queue):
+        skipped = len(queue) - added
+        log.info("--enqueue: %d of %d points are already in the study; not queued again", skipped, len(queue))
+    if added:
+        log.info("--enqueue: %d trial(s) queued to run next: %s", added, queue)
+    return added
 
 
 def check_space_compatible(study: optuna.Study, space: SearchSpace) -> None:
