@@ -150,3 +150,92 @@ def test_save_and_load_answer_the_same(kind: str, tmp_path) -> None:
     assert loaded.params() == index.params()
     for a, b in zip(index.search(query, 5, exclude), loaded.search(query, 5, exclude)):
         assert torch.equal(a, b)
+
+
+def _allowed_topk(query, items, metric: str, k: int, exclude: torch.Tensor):
+    """Exact top k allowed items, the tail padded with id 0 at -inf where fewer are allowed."""
+    scores = build_scorer(SCORER[metric]).matrix(query, items)
+    scores[:, 0] = -math.inf
+    scores = scores.masked_fill(exclude, -math.inf)
+    values, ids = torch.topk(scores, k, dim=1)
+    return values, ids.masked_fill(values == -math.inf, 0)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+def test_history_sized_depth_equals_exact_allowed_topk(metric: str) -> None:
+    """Rows of every history size (none, short, most of the catalogue, all of it, more than the
+    catalogue leaves for k) share one batch, so several depth buckets and second rounds run; a
+    flat index must still give each row exactly its top k allowed items, id 0 only as padding."""
+    gen = torch.Generator().manual_seed(6)
+    n, k = 400, 12
+    items, query = torch.randn(n, 8, generator=gen), torch.randn(64, 8, generator=gen)
+    density = torch.linspace(0.0, 1.0, 64)[:, None]
+    exclude = torch.rand(64, n, generator=gen) < density
+    exclude[-3:, 1:] = True  # nothing allowed
+    exclude[-6:-3, 1:] = True
+    exclude[-6:-3, 1 : 1 + 5] = False  # 5 allowed items < k
+    index = ItemIndex(items, metric=metric, kind="flat", use_gpu=False)
+    scores, ids = index.search(query, k, exclude)
+    ref_scores, ref_ids = _allowed_topk(query, items, metric, k, exclude)
+    assert torch.equal(ids, ref_ids)
+    assert torch.allclose(scores, ref_scores, atol=1e-4)  # -inf matches -inf
+    real = ids > 0
+    assert not exclude.gather(1, ids)[real].any()
+    assert real[-6:-3].sum(1).tolist() == [5, 5, 5] and not real[-3:].any()
+    assert (scores[~real] == -math.inf).all()
+    # one query at a time (the serving path) gives each row the same answer
+    for row in (0, 20, 40, 60, 62):
+        one_scores, one_ids = index.search(query[row : row + 1], k, exclude[row : row + 1])
+        assert torch.equal(one_ids[0], ids[row])
+
+
+def test_ivf_exclusion_equals_its_full_depth_answer() -> None:
+    """IVF: the answer is the top k allowed items among the scanned lists, the same as a fetch of
+    the whole catalogue filtered afterwards; rows whose lists run dry end in id 0 at -inf."""
+    gen = torch.Generator().manual_seed(7)
+    items, query = torch.randn(2000, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    exclude = torch.rand(50, 2000, generator=gen) < torch.linspace(0.0, 0.99, 50)[:, None]
+    index = ItemIndex(items, kind="ivf", nlist=40, nprobe=2, use_gpu=False)
+    scores, ids = index.search(query, 10, exclude)
+    raw_scores, raw_ids = index.index.search(query.numpy(), 2000)
+    raw_ids = torch.from_numpy(raw_ids)
+    bad = (raw_ids <= 0) | exclude.gather(1, raw_ids.clamp_min(0))
+    for row in range(50):
+        keep = raw_ids[row][~bad[row]][:10].tolist()
+        assert ids[row].tolist() == keep + [0] * (10 - len(keep))
+        assert (scores[row, len(keep) :] == -math.inf).all()
+    assert (ids == 0).any()  # some rows ran dry at nprobe=2
+
+
+def test_search_input_handling() -> None:
+    gen = torch.Generator().manual_seed(8)
+    items, query = torch.randn(100, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    index = ItemIndex(items, metric="cosine", use_gpu=False)
+    before = query.clone()
+    _, ids = index.search(query, 5, torch.zeros(3, 100, dtype=torch.uint8))  # non-bool mask
+    assert torch.equal(query, before)  # cosine normalises a copy, not the caller's tensor
+    assert torch.equal(ids, index.search(query, 5)[1])
+    with pytest.raises(ValueError, match="exclude must be bool"):
+        index.search(query, 5, torch.zeros(3, 99, dtype=torch.bool))
+    scores, ids = index.search(query[:0], 5, torch.zeros(0, 100, dtype=torch.bool))
+    assert ids.shape == (0, 5) and scores.shape == (0, 5)
+    # an uncommon layout: a transposed (non-contiguous) mask reads the same
+    mask = torch.rand(100, 3, generator=gen).T < 0.5
+    assert torch.equal(index.search(query, 5, mask)[1], index.search(query, 5, mask.contiguous())[1])
+
+
+def test_exclusion_lookup_torch_path_matches_numpy() -> None:
+    """The GPU path reads the mask with torch (gather on its device); check it on CPU tensors."""
+    from recstudio.ann.faiss_index import _Exclusion
+
+    gen = torch.Generator().manual_seed(9)
+    mask = torch.rand(6, 50, generator=gen) < 0.5
+    ids = torch.randint(-1, 50, (4, 7), generator=gen).numpy()
+    rows = torch.tensor([5, 0, 3, 3]).numpy()
+    as_numpy, as_torch = _Exclusion(mask), _Exclusion(mask)
+    as_torch.flat = None  # what a CUDA mask gets
+    expected = mask[torch.from_numpy(rows)[:, None], torch.from_numpy(ids).clamp_min(0)].numpy()
+    valid = ids >= 0
+    assert (as_numpy.lookup(rows, ids)[valid] == expected[valid]).all()
+    assert (as_torch.lookup(rows, ids)[valid] == expected[valid]).all()
+    assert as_numpy.counts.tolist() == mask.sum(1).tolist()

@@ -43,7 +43,11 @@ def faiss_gpu_available() -> bool:
 
 
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    """float32 C-contiguous numpy for faiss; no copy for a CPU float32 contiguous tensor."""
+    x = x.detach()
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        x = x.to("cpu", torch.float32)
+    return np.ascontiguousarray(x.numpy())
 
 
 class ItemIndex:
@@ -185,72 +189,153 @@ class ItemIndex:
         index = self.index if not self.on_gpu or fetch <= GPU_MAX_K else self._cpu_index
         return index.search(q, fetch)
 
-    @torch.no_grad()
     def search(
         self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k (scores [B, k], item ids [B, k]) per query, best first, on the query's device.
 
         Padding id 0 and ``exclude`` (bool [B, num_items], e.g. the history mask) are filtered
-        out. The index is first asked for about 2(k + 1) results per row; rows left with fewer
-        than k allowed items ask again 4x deeper (one faiss call per round for all of them) until
-        they have k or have fetched k + (their excluded items) + 1, so a flat index returns
-        exactly the top k allowed items while a short or low-scored history costs no depth.
-        Where fewer than k allowed items are found (tiny catalogues, IVF lists that run dry) the
-        tail holds id 0 with score -inf.
+        out. Without ``exclude`` one faiss call fetches k + 1 (rounded up to a power of two)
+        results. With it, each row's first fetch is sized to its own history: next power of two
+        of k + 1 + (its excluded count) / 4, rows of equal depth sharing one faiss call (a model
+        ranks only part of a user's history above its k-th unseen item, and faiss's cost grows
+        with the depth, so fetching the whole history's worth at once is slower). Rows still
+        short of k allowed items whose index was not exhausted ask once more, for k + 1 + (their
+        excluded count) (rounded up, at most num_items): at that depth a flat index always holds
+        the k best allowed items, so flat search returns exactly the top k allowed items in at
+        most two rounds. Where fewer than k allowed items are found (tiny catalogues, IVF lists
+        that run dry) the tail holds id 0 with score -inf. The work is numpy on faiss's arrays
+        (no autograd, no torch ops on CPU), so a single query costs little beyond faiss itself.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         device = query.device
         q = _as_numpy(query)
         if self.metric == "cosine":
+            q = q.copy()  # q may share the caller's memory: normalize a copy in place
             _faiss().normalize_L2(q)
-        if exclude is None or not exclude.numel():
-            return self._search_group(q, self._fetch_size(k + 1), None, k, device)
-        # Deepen only where needed: rows whose first `fetch` results hold fewer than k allowed
-        # items ask again, 4x deeper, until they have k or have seen all they could need.
         rows = q.shape[0]
-        cap = (exclude.sum(1) + (k + 1)).clamp(max=self.num_items).cpu()
-        top_scores = torch.full((rows, k), -math.inf, device=device)
-        top_ids = torch.zeros((rows, k), dtype=torch.long, device=device)
-        pending = torch.arange(rows)
-        fetch = self._fetch_size(2 * (k + 1))
-        while pending.numel():
-            whole = pending.numel() == rows
-            sub_q = q if whole else q[pending.numpy()]
-            sub_exclude = exclude if whole else exclude[pending.to(exclude.device)]
-            scores, ids = self._search_group(sub_q, fetch, sub_exclude, k, device)
-            done = (scores[:, -1] > -math.inf).cpu() | (cap[pending] <= fetch)
-            if whole and bool(done.all()):
-                return scores, ids
-            finished, on_device = pending[done].to(device), done.to(device)
-            top_scores[finished], top_ids[finished] = scores[on_device], ids[on_device]
-            pending = pending[~done]
-            fetch = min(fetch * 4, self.num_items)
-        return top_scores, top_ids
+        if exclude is None or not exclude.numel() or not rows:
+            scores, ids, _ = self._fetch(q, self._fetch_size(k + 1), k, None)
+            return _to_torch(scores, ids, device)
+        if tuple(exclude.shape) != (rows, self.num_items):
+            raise ValueError(f"exclude must be bool [{rows}, {self.num_items}], got {list(exclude.shape)}")
+        mask = _Exclusion(exclude)
+        need = np.minimum(k + 1 + mask.counts, self.num_items)  # k allowed items are certain (flat)
+        first = self._fetch_sizes(k + 1 + mask.counts // FIRST_FETCH_HISTORY_DIVISOR)
+        out_scores = out_ids = None
+        retry = []
+        for depth, sel in _buckets(first):
+            scores, ids, short = self._fetch(q if sel is None else q[sel], depth, k, mask, sel)
+            if sel is None:
+                out_scores, out_ids = scores, ids
+            else:
+                if out_scores is None:
+                    out_scores = np.empty((rows, k), dtype=np.float32)
+                    out_ids = np.empty((rows, k), dtype=np.int64)
+                out_scores[sel], out_ids[sel] = scores, ids
+            if short.any():
+                short_rows = np.flatnonzero(short) if sel is None else sel[short]
+                retry.append(short_rows[need[short_rows] > depth])
+        if retry and (again := np.concatenate(retry)).size:
+            for depth, sub in _buckets(self._fetch_sizes(need[again])):
+                sel = again if sub is None else again[sub]
+                out_scores[sel], out_ids[sel], _ = self._fetch(q[sel], depth, k, mask, sel)
+        return _to_torch(out_scores, out_ids, device)
 
     def _fetch_size(self, need: int) -> int:
         return min(1 << (need - 1).bit_length(), self.num_items)
 
-    def _search_group(
-        self, q: np.ndarray, fetch: int, exclude: torch.Tensor | None, k: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fetch`` results per row from faiss, padding and ``exclude`` dropped, best k kept."""
+    def _fetch_sizes(self, need: np.ndarray) -> np.ndarray:
+        """``_fetch_size`` per row: ``need`` rounded up to a power of two, at most num_items."""
+        _, bits = np.frexp(need - 1)  # the bit length of need - 1 (0 for need = 1)
+        return np.minimum(np.left_shift(1, bits.astype(np.int64)), self.num_items)
+
+    def _fetch(
+        self,
+        q: np.ndarray,
+        fetch: int,
+        k: int,
+        mask: _Exclusion | None,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``fetch`` results per row from faiss, padding and excluded items dropped, the first k
+        kept in faiss's (best-first) order: (scores [b, k], ids [b, k], short [b]), where short
+        rows found fewer than k allowed items and were not cut off by the index running dry
+        (a -1 id: deeper fetches would find nothing more). ``rows``: the rows of ``mask`` that
+        ``q`` holds (None: all)."""
         raw_scores, raw_ids = self._raw_search(q, fetch)
-        scores = torch.from_numpy(raw_scores).to(device)
-        ids = torch.from_numpy(raw_ids).to(device)
         if self.metric == "l2":
-            scores = -scores  # faiss returns squared distances; higher must be better
-        bad = ids <= 0  # -1: no result, 0: padding
-        if exclude is not None:
-            bad |= exclude.to(device).gather(1, ids.clamp_min(0))
-        scores = scores.masked_fill(bad, -math.inf)
-        ids = ids.masked_fill(bad, 0)
-        take = min(k, fetch)
-        top_scores, order = torch.topk(scores, take, dim=1)
-        top_ids = ids.gather(1, order)
-        if take < k:
-            pad = (0, k - take)
-            top_scores = torch.nn.functional.pad(top_scores, pad, value=-math.inf)
-            top_ids = torch.nn.functional.pad(top_ids, pad, value=0)
-        return top_scores, top_ids
+            raw_scores = np.negative(raw_scores)  # faiss returns squared distances; higher is better
+        head = raw_ids[:, :k]
+        if mask is None and fetch >= k and bool((head > 0).all()):  # the common case: nothing dropped
+            return np.ascontiguousarray(raw_scores[:, :k]), np.ascontiguousarray(head), _NO_ROWS
+        bad = raw_ids <= 0  # -1: no result, 0: padding
+        if mask is not None:
+            bad |= mask.lookup(rows, raw_ids)
+        order = np.argsort(bad, axis=1, kind="stable")[:, :k]  # allowed first, faiss order kept
+        order += np.arange(0, order.shape[0] * fetch, fetch)[:, None]  # flat positions
+        scores, ids = raw_scores.reshape(-1).take(order), raw_ids.reshape(-1).take(order)
+        found = fetch - np.count_nonzero(bad, axis=1)
+        short = found < k
+        if short.any() or fetch < k:
+            missing = np.arange(k) >= found[:, None]
+            if fetch < k:
+                scores = np.pad(scores, ((0, 0), (0, k - fetch)))
+                ids = np.pad(ids, ((0, 0), (0, k - fetch)))
+            scores[missing], ids[missing] = -np.inf, 0
+            short &= raw_ids[:, -1] >= 0
+        return scores, ids, short
+
+
+FIRST_FETCH_HISTORY_DIVISOR = 4
+"""A row's first fetch covers k + 1 + (excluded count) / this: on BPR / ml-1m the k-th allowed
+item sits at depth 24 for the median user (history 87 items), 106 at the 99th percentile, so
+about a fifth of the history ranks above it; 1/5 to 1/3 gave the fewest faiss results overall."""
+
+_NO_ROWS = np.zeros(0, dtype=bool)
+
+
+class _Exclusion:
+    """The exclusion mask, read where it lives: numpy on CPU (no copy), torch on a GPU."""
+
+    def __init__(self, exclude: torch.Tensor) -> None:
+        exclude = exclude.detach()
+        if exclude.dtype != torch.bool:
+            exclude = exclude != 0
+        self.tensor = exclude
+        self.num_items = exclude.shape[1]
+        self.flat: np.ndarray | None = None
+        if exclude.is_cuda:
+            self.counts = exclude.sum(1, dtype=torch.int32).cpu().numpy().astype(np.int64)
+        else:
+            array = exclude.numpy()
+            self.flat = np.ascontiguousarray(array).reshape(-1)  # no copy when contiguous
+            if array.shape[0] == 1:  # one query (serving): the cheapest count
+                self.counts = np.array([np.count_nonzero(array)], dtype=np.int64)
+            else:  # a uint8 sum: ~3x faster than torch's bool sum (~30x its default int64 one)
+                self.counts = array.view(np.uint8).sum(1, dtype=np.int64)
+
+    def lookup(self, rows: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+        """exclude[row, id] for faiss's ids [b, fetch] (any value where id is -1: the caller
+        drops those)."""
+        if self.flat is not None:
+            base = (np.arange(ids.shape[0]) if rows is None else rows) * self.num_items
+            # one flat take: several times faster than 2-D fancy indexing
+            return np.take(self.flat, ids + base[:, None], mode="clip")
+        sub = self.tensor if rows is None else self.tensor[torch.from_numpy(rows).to(self.tensor.device)]
+        ids = torch.from_numpy(ids).to(sub.device).clamp_min_(0)
+        return sub.gather(1, ids).cpu().numpy()
+
+
+def _buckets(depths: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """(depth, rows) per distinct depth; rows None when every row shares it (no copies)."""
+    low = depths.min()
+    if low == depths.max():
+        return [(int(low), None)]
+    return [(int(v), np.flatnonzero(depths == v)) for v in np.unique(depths)]
+
+
+def _to_torch(scores: np.ndarray, ids: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    s, i = torch.from_numpy(scores), torch.from_numpy(ids)
+    return (s, i) if device.type == "cpu" else (s.to(device), i.to(device))
