@@ -345,8 +345,68 @@ def test_ngcf_layer_is_the_papers_two_transforms():
     from recstudio.model.general.ngcf import NGCFLayer
 
     torch.manual_seed(0)
-    layer = NGCFLayer(8, 5)
+    adj = normalized_adjacency(torch.tensor([1, 1, 2, 3, 3]), torch.tensor([1, 2, 2, 0, 1]), 4, 3)
+    layer = NGCFLayer(8, 5).double()
+    torch.nn.init.normal_(layer.w1.bias)
     torch.nn.init.normal_(layer.w2.bias)
-    side, x = torch.randn(7, 8), torch.randn(7, 8)
-    expected = layer.w1(side + x) + layer.w2(side * x)
-    assert torch.allclose(layer(side, x), expected, atol=1e-6)
+    lap = adj.to_dense().double()
+    x = torch.randn(7, 8, dtype=torch.float64)
+    side = lap @ x
+    expected = F.normalize(F.leaky_relu(layer.w1(side + x) + layer.w2(side * x), 0.2), dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(adj, x), expected)
+
+
+def test_ngcf_layer_gradients_equal_autograd_of_the_formula():
+    """The fused layer (hand-written backward) against autograd through the plain formula:
+    values and every gradient, with node dropout (replaced entries) and a dropout mask."""
+    from recstudio.model.general.ngcf import NGCFLayer
+
+    torch.manual_seed(0)
+    adj = normalized_adjacency(torch.tensor([1, 1, 2, 3, 3]), torch.tensor([1, 2, 2, 0, 1]), 4, 3)
+    value = adj.dropout(0.3)
+    lap = torch.sparse_csr_tensor(adj.crow, adj.col, value, adj.shape).to_dense().double()
+    layer = NGCFLayer(8, 5).double()
+    torch.nn.init.normal_(layer.w1.bias)
+    torch.nn.init.normal_(layer.w2.bias)
+    mask = (torch.rand(7, 5) > 0.3).double() / 0.7
+    mask[2] = 0.0  # a row dropped whole: normalised from zero, below the norm's floor
+    x = torch.randn(7, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 5, dtype=torch.float64)
+    params = [x, layer.w1.weight, layer.w1.bias, layer.w2.weight, layer.w2.bias]
+
+    got = layer(adj, x, value, mask)
+    got_grads = torch.autograd.grad((got * weight).sum(), params)
+    side = lap @ x
+    h = layer.w1(side + x) + layer.w2(side * x)
+    want = F.normalize(F.leaky_relu(h, 0.2) * mask, dim=1)
+    want_grads = torch.autograd.grad((want * weight).sum(), params)
+    torch.testing.assert_close(got, want)
+    for name, g, w in zip(("x", "w1", "b1", "w2", "b2"), got_grads, want_grads):
+        torch.testing.assert_close(g, w, msg=name)
+
+
+def test_ngcf_training_tables_and_gradients_equal_the_concatenated_layers():
+    """``propagate`` in training (fused layers, the two node tables written directly) against
+    the layers concatenated by ``torch.cat`` and split, through autograd."""
+    data = small_data()
+    model = NGCF(NGCF.Config(hidden_sizes=[8, 6], message_dropout=0.0), data).double().train()
+    lap = model.adjacency.to_dense().double()  # its float32 entries, as the products use them
+    params = list(model.parameters())
+
+    users, items = model.propagate()
+    w_u, w_i = torch.randn_like(users), torch.randn_like(items)
+    got = torch.autograd.grad((users * w_u).sum() + (items * w_i).sum(), params)
+
+    x = torch.cat([model.user_emb.weight, model.item_emb.weight])
+    layers = [x]
+    for layer in model.layers:
+        side = lap @ x
+        x = F.normalize(F.leaky_relu(layer.w1(side + x) + layer.w2(side * x), 0.2), dim=1)
+        layers.append(x)
+    want_users, want_items = split_nodes(torch.cat(layers, 1), data.num_users)
+    want = torch.autograd.grad((want_users * w_u).sum() + (want_items * w_i).sum(), params)
+    torch.testing.assert_close(users, want_users)
+    torch.testing.assert_close(items, want_items)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

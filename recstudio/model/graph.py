@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from recstudio.model.base import TwoTowerRecommender
-from recstudio.model.ops import gather_rows, l2_normalize, sum_squared_rows
+from recstudio.model.ops import gather_rows, l2_normalize, sampled_inner_product_loss, sum_squared_rows
 
 
 def bipartite_edges(
@@ -442,8 +442,21 @@ class PropagatedTwoTower(TwoTowerRecommender):
         penalty on the layer-0 rows it scored (the graph contrastive models score their own
         propagations with it)."""
         users, pos = batch["user"], batch["item"]
-        query = gather_rows(user_table, users)
-        loss, scored = self.scored_ranking_loss(query, pos, batch.get("neg_item"), users, items=item_table)
+        kind = self.fused_loss_kind(user_table)
+        if kind is not None:
+            # the native kernel reads the batch's user rows from the table (``query_index``):
+            # no [N, d] query and no scatter of its gradient (N = 2048 rows against NGCF's 944
+            # users on ml-100k); the same value and gradients as gathering first
+            drawn_from = user_table[users].detach() if self.needs_query_for_negatives else None
+            scored = self.candidate_ids(drawn_from, pos, batch.get("neg_item"), users, item_table)
+            loss = sampled_inner_product_loss(
+                user_table, item_table, scored, kind, padding_idx=None, query_index=users
+            )
+        else:
+            query = gather_rows(user_table, users)
+            loss, scored = self.scored_ranking_loss(
+                query, pos, batch.get("neg_item"), users, items=item_table
+            )
         reg_weight = self.config.reg_weight
         if reg_weight > 0:
             reg = sum_squared_rows(self.user_emb.weight, users)

@@ -30,17 +30,28 @@ from torch.autograd.function import once_differentiable
 from recstudio import native
 
 
-def _unit_rows(x: torch.Tensor, dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x / max(||x||, eps), 1 / max(||x||, eps), ||x||^2) along ``dim``."""
+def unit_rows(x: torch.Tensor, dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y = x / max(||x||, eps), 1 / max(||x||, eps), ||x||^2) along ``dim``: ``l2_normalize``'s
+    forward, for code that folds it into its own autograd function (NGCF's layer)."""
     squared = (x * x).sum(dim, keepdim=True)
     inverse = squared.clamp_min(eps * eps).rsqrt()
     return x * inverse, inverse, squared
 
 
+def unit_rows_backward(
+    grad: torch.Tensor, y: torch.Tensor, inverse: torch.Tensor, unclamped: torch.Tensor, dim: int
+) -> torch.Tensor:
+    """The gradient through ``unit_rows`` given its output ``y``, ``inverse`` and ``unclamped``
+    (``||x||^2 > eps^2``): ``(g - y <g, y>) / ||x||``; below eps the op is a plain scaling."""
+    along = (grad * y).sum(dim, keepdim=True).mul_(unclamped)
+    out = torch.mul(y, along)  # one [n, d] buffer for the rest: no autograd runs through this
+    return torch.sub(grad, out, out=out).mul_(inverse)
+
+
 class _L2Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
-        y, inverse, squared = _unit_rows(x, dim, eps)
+        y, inverse, squared = unit_rows(x, dim, eps)
         # where the norm is below eps the op is x / eps: a plain scaling, no projection
         ctx.save_for_backward(y, inverse, squared > eps * eps)
         ctx.dim = dim
@@ -50,8 +61,7 @@ class _L2Normalize(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         y, inverse, unclamped = ctx.saved_tensors
-        along = (grad * y).sum(ctx.dim, keepdim=True) * unclamped
-        return (grad - y * along) * inverse, None, None
+        return unit_rows_backward(grad, y, inverse, unclamped, ctx.dim), None, None
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
@@ -63,7 +73,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     0.71 vs 2.0 ms, one loaded core), which is NGCF's per-layer normalisation and the cosine
     scorer's and contrastive losses' inputs."""
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return _unit_rows(x, dim, eps)[0]
+        return unit_rows(x, dim, eps)[0]
     return _L2Normalize.apply(x, dim, eps)
 
 
