@@ -132,6 +132,55 @@ def test_seq2seq_view_shifts_by_one() -> None:
     assert short["seq"][row].tolist() == [3, 7] and short["target"][row].tolist() == [7, 2]
 
 
+def _samples(view) -> set[tuple]:
+    return {
+        (u, tuple(s.tolist()), tuple(t.tolist()), n)
+        for b in _epoch(view)
+        for u, s, t, n in zip(b["user"].tolist(), b["seq"], b["target"], b["seq_len"].tolist())
+    }
+
+
+def test_seq2seq_chunks_hold_every_transition_once() -> None:
+    """chunk_len C: (user, chunk) samples of C positions, the latest target last; max_len None
+    keeps every transition; the same chunks as cutting the whole-sequence rows."""
+    one = _samples(build_view("seq2seq", _data(), batch_size=3, seed=0, max_len=None, chunk_len=1))
+    assert one == {(1, (5,), (3,), 1), (1, (3,), (7,), 1), (1, (7,), (2,), 1), (4, (6,), (8,), 1)}
+    two = _samples(build_view("seq2seq", _data(), batch_size=8, seed=0, max_len=None, chunk_len=2))
+    assert two == {(1, (3, 7), (7, 2), 2), (1, (0, 5), (0, 3), 1), (4, (0, 6), (0, 8), 1)}
+    capped = _samples(build_view("seq2seq", _data(), batch_size=8, seed=0, max_len=2, chunk_len=1))
+    assert capped == {(1, (3,), (7,), 1), (1, (7,), (2,), 1), (4, (6,), (8,), 1)}
+    # against the whole-sequence rows cut into chunks, on random sequences
+    torch.manual_seed(0)
+    n = 400
+    user = torch.sort(torch.randint(1, 30, (n,))).values
+    item = torch.randint(1, 50, (n,))
+    train = Interactions(user, item, torch.ones(n), torch.arange(n, dtype=torch.float64))
+    data = PreparedData(
+        name="random",
+        num_users=30,
+        num_items=50,
+        train=train,
+        valid=train,
+        test=train,
+        user_vocab=[None, *range(1, 30)],
+        item_vocab=[None, *range(1, 50)],
+    )
+    whole = next(iter(build_view("seq2seq", data, batch_size=64, seed=0, max_len=40)))
+    cut = set()
+    for u, s, t in zip(whole["user"].tolist(), whole["seq"], whole["target"]):
+        for s_c, t_c in zip(s.view(-1, 4), t.view(-1, 4)):
+            if bool((t_c > 0).any()):
+                cut.add((u, tuple(s_c.tolist()), tuple(t_c.tolist()), int((t_c > 0).sum())))
+    assert _samples(build_view("seq2seq", data, batch_size=16, seed=1, max_len=40, chunk_len=4)) == cut
+
+
+def test_seq2seq_chunk_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="chunk_len must be >= 1"):
+        build_view("seq2seq", _data(), batch_size=2, seed=0, chunk_len=0)
+    with pytest.raises(ConfigError, match="max_len None"):
+        build_view("seq2seq", _data(), batch_size=2, seed=0, max_len=None)
+
+
 def test_als_view_alternates_user_and_item_blocks() -> None:
     view = build_view("als", _data(), batch_size=3, seed=0)
     batches = _epoch(view)

@@ -218,20 +218,37 @@ class SeqDataset(BaseView):
 class Seq2SeqDataset(BaseView):
     """One sample per user with at least 2 training items: ``seq`` [B, L] = s_1..s_{n-1} and
     ``target`` [B, L] = s_2..s_n (each the last ``max_len`` positions, left-padded with 0; a 0
-    target means no target), ``seq_len`` [B] = min(n - 1, L), ``user`` [B]."""
+    target means no target), ``seq_len`` [B] = min(n - 1, L), ``user`` [B].
+
+    ``chunk_len`` C makes samples of C consecutive positions instead (a user's most recent
+    target last in its last chunk; ``seq_len`` is then the chunk's number of targets; ``max_len``
+    None: every position of every user): batches mix chunks of many users, so a user's own
+    parameters are stepped several times per epoch, as per-prefix training does. Only for models
+    that read nothing left of a chunk (first-order models such as FPMC: position t reads s_t
+    alone). Built from the interaction rows directly, without a [users, longest sequence] table.
+    """
 
     def __init__(
         self,
         data: PreparedData,
         batch_size: int,
         seed: int,
-        max_len: int = 50,
+        max_len: int | None = 50,
         rank: int = 0,
         world_size: int = 1,
+        chunk_len: int | None = None,
     ) -> None:
-        if max_len < 1:
+        if max_len is not None and max_len < 1:
             raise ConfigError(f"max_len must be >= 1, got {max_len}")
+        if chunk_len is not None and chunk_len < 1:
+            raise ConfigError(f"chunk_len must be >= 1, got {chunk_len}")
+        if max_len is None and chunk_len is None:
+            raise ConfigError("max_len None (every position) needs chunk_len")
         _, counts, from_end = _positions_from_end(data)
+        if chunk_len is not None:
+            self._chunks(data, counts, from_end, max_len, chunk_len)
+            super().__init__(len(self.users), batch_size, seed, rank, world_size)
+            return
         self.users = torch.nonzero(counts >= 2).flatten()
         row_of = torch.full((data.num_users,), -1, dtype=torch.long)
         row_of[self.users] = torch.arange(len(self.users))
@@ -247,6 +264,33 @@ class Seq2SeqDataset(BaseView):
         self.target[row[as_target], max_len - 1 - from_end[as_target]] = item[as_target]
         self.seq_len = (counts[self.users] - 1).clamp(max=max_len)
         super().__init__(len(self.users), batch_size, seed, rank, world_size)
+
+    def _chunks(
+        self,
+        data: PreparedData,
+        counts: torch.Tensor,
+        from_end: torch.Tensor,
+        max_len: int | None,
+        size: int,
+    ) -> None:
+        """(user, chunk) samples of ``size`` positions: target row r (not a user's first item,
+        within the last ``max_len`` targets) goes to chunk from_end // size of its user, column
+        size - 1 - from_end % size, with its previous row's item as the input there."""
+        user, item = data.train.user, data.train.item
+        targets = from_end <= counts[user] - 2  # rows with a previous item of the same user
+        if max_len is not None:
+            targets &= from_end < max_len
+        index = torch.nonzero(targets).flatten()
+        chunk = from_end[index] // size
+        key = user[index].long() * (int(chunk.max()) + 1 if len(index) else 1) + chunk
+        rows, slot = torch.unique(key, return_inverse=True)  # sorted: users in order, chunks within
+        column = size - 1 - from_end[index] % size
+        self.seq = torch.zeros(len(rows), size, dtype=torch.long)
+        self.target = torch.zeros(len(rows), size, dtype=torch.long)
+        self.seq[slot, column] = item[index - 1]
+        self.target[slot, column] = item[index]
+        self.users = torch.zeros(len(rows), dtype=user.dtype).index_put_((slot,), user[index])
+        self.seq_len = (self.target > 0).sum(1)
 
     def _batch(self, index: torch.Tensor) -> Batch:
         return {
@@ -375,7 +419,8 @@ def build_view(
     seed: int,
     *,
     static_negatives: int = 0,
-    max_len: int = 50,
+    max_len: int | None = 50,
+    chunk_len: int | None = None,
     num_negatives: int = 1,
     rank: int = 0,
     world_size: int = 1,
@@ -383,15 +428,18 @@ def build_view(
     """A training view by name (see ``VIEWS``).
 
     Options a view does not use are ignored (``static_negatives`` only applies to ``triplet``,
-    ``max_len`` to ``seq`` and ``seq2seq``, ``num_negatives`` to ``kg``).
+    ``max_len`` to ``seq`` and ``seq2seq``, ``chunk_len`` to ``seq2seq``, ``num_negatives`` to
+    ``kg``).
     """
     if name not in VIEWS:
         raise ConfigError(f"unknown dataset view '{name}'; views are: {', '.join(VIEWS)}")
     common = {"rank": rank, "world_size": world_size}
     if name == "triplet":
         return TripletDataset(data, batch_size, seed, static_negatives=static_negatives, **common)
-    if name in ("seq", "seq2seq"):
-        return VIEWS[name](data, batch_size, seed, max_len=max_len, **common)
+    if name == "seq":
+        return SeqDataset(data, batch_size, seed, max_len=max_len, **common)
+    if name == "seq2seq":
+        return Seq2SeqDataset(data, batch_size, seed, max_len=max_len, chunk_len=chunk_len, **common)
     if name == "kg":
         return KGDataset(data, batch_size, seed, num_negatives=num_negatives, **common)
     return VIEWS[name](data, batch_size, seed, **common)
