@@ -107,17 +107,41 @@ def test_gbce_by_hand_and_its_limits() -> None:
         build_loss("gbce", num_items=12, calibration=1.5)
 
 
+def test_importance_estimator_with_the_models_softmax_as_proposal_is_the_full_softmax() -> None:
+    """q = the model's softmax over the items a draw may return: whatever K items are drawn,
+    the importance estimate of the partition is exact, so the loss is the full softmax's over
+    the target and those items (``logq`` is not)."""
+    torch.manual_seed(0)
+    scores = torch.randn(4, 9) * 2  # 4 queries, item 0 the target, 1..8 drawable
+    q = torch.softmax(scores[:, 1:], 1)
+    full = (torch.logsumexp(scores, 1) - scores[:, 0]).mean()
+    for k in (1, 3, 7):
+        drawn = torch.multinomial(q, k, replacement=True)
+        neg, log_q = scores[:, 1:].gather(1, drawn), q.log().gather(1, drawn)
+        loss = build_loss("sampled_softmax")(scores[:, 0], neg, log_q_neg=log_q)
+        assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+    logq = build_loss("sampled_softmax", estimator="logq")(scores[:, 0], neg, log_q_neg=log_q)
+    assert logq.item() != pytest.approx(full.item(), rel=1e-2)
+
+
 def test_softmax_losses_by_hand() -> None:
     def lse(xs: list[float]) -> float:
         return math.log(sum(math.exp(x) for x in xs))
 
     ce = [lse([2, 1, 0, 3]) - 2, lse([-1, -2, 0.5, -1]) + 1]
     assert build_loss("sampled_softmax")(POS, NEG).item() == pytest.approx(sum(ce) / 2)
-    # log-Q correction subtracts log q from each logit
     lq_pos, lq_neg = torch.tensor([-1.0, -2.0]), torch.tensor([[-3.0, -1.0, -2.0], [-1.0, -1.0, -4.0]])
-    corr = [lse([3, 4, 1, 5]) - 3, lse([1, -1, 1.5, 3]) - 1]
+    # importance (default): each negative corrected by log(K q), the target not
+    k = math.log(3)
+    imp = [lse([2, 4 - k, 1 - k, 5 - k]) - 2, lse([-1, -1 - k, 1.5 - k, 3 - k]) + 1]
     got = build_loss("sampled_softmax")(POS, NEG, log_q_pos=lq_pos, log_q_neg=lq_neg)
+    assert got.item() == pytest.approx(sum(imp) / 2)
+    # logq: log q subtracted from each logit, the target's included
+    corr = [lse([3, 4, 1, 5]) - 3, lse([1, -1, 1.5, 3]) - 1]
+    got = build_loss("sampled_softmax", estimator="logq")(POS, NEG, log_q_pos=lq_pos, log_q_neg=lq_neg)
     assert got.item() == pytest.approx(sum(corr) / 2)
+    with pytest.raises(ConfigError, match="estimator must be one of importance, logq"):
+        build_loss("sampled_softmax", estimator="exact")
     # infonce at temperature 0.5 divides the logits
     nce = [lse([4, 2, 0, 6]) - 4, lse([-2, -4, 1, -2]) + 2]
     assert build_loss("infonce", temperature=0.5)(POS, NEG).item() == pytest.approx(sum(nce) / 2)

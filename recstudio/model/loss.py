@@ -14,6 +14,7 @@ large scores cannot overflow. ``build_loss(name, **options)`` creates one by its
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -67,26 +68,45 @@ class SampledLoss(nn.Module):
         raise NotImplementedError
 
 
-class SampledSoftmaxLoss(SampledLoss):
-    """Sampled softmax with log-Q correction.
+SAMPLED_SOFTMAX_ESTIMATORS = ("importance", "logq")
 
-    With o_i = s_i / t - log q(i) (the correction applied when ``log_q_*`` is given):
-    L = -o_pos + log(exp(o_pos) + sum_k exp(o_k)). Subtracting log q makes the sampled partition
-    function an unbiased-in-the-limit estimate of the full one, so popular (often sampled) items
-    are not over-penalised.
-    References: Bengio & Senecal, "Adaptive Importance Sampling to Accelerate Training of a
-    Neural Probabilistic Language Model" (IEEE TNN 2008); Yi et al., "Sampling-Bias-Corrected
-    Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019). Scores are divided by
-    ``temperature`` before the correction.
+
+class SampledSoftmaxLoss(SampledLoss):
+    """Sampled softmax: the full softmax's partition function estimated from K sampled negatives.
+
+    ``estimator="importance"`` (default): the importance-sampling estimate of the partition,
+    L = -s_pos + log(exp(s_pos) + (1/K) sum_k exp(s_k) / q(k)), i.e. each negative's logit is
+    corrected by log(K q(k)) and the target's is not. Consistent, and exact when q is the
+    model's own softmax (over the items a draw may return): a proposal closer to the model's
+    softmax gives an estimate closer to the full softmax, which is what model-based samplers
+    (MIDX, cluster) are for. Bengio & Senecal, "Adaptive Importance Sampling to Accelerate
+    Training of a Neural Probabilistic Language Model" (IEEE TNN 2008); Chen, Lian et al.,
+    "Fast Variational Autoencoder with Inverted Multi-Index for Collaborative Filtering"
+    (WWW 2022).
+
+    ``estimator="logq"``: every logit minus its own log q, the target's included (o_i = s_i -
+    log q(i), L = -o_pos + log(exp(o_pos) + sum_k exp(o_k))), as TensorFlow's
+    ``sampled_softmax_loss``, Yi et al. (RecSys 2019) and the original RecStudio. With a proposal
+    that follows the model it underweights well-ranked targets (their large q lowers o_pos),
+    and even the exact softmax as proposal does not give the full softmax's loss.
+
+    Without log q (no sampler correction) both are the plain softmax over the candidates.
+    Scores are divided by ``temperature`` before the correction.
     """
 
     hard_negatives_ok = False
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, estimator: str = "importance") -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"sampled_softmax temperature must be > 0, got {temperature}")
+        if estimator not in SAMPLED_SOFTMAX_ESTIMATORS:
+            raise ConfigError(
+                f"sampled_softmax estimator must be one of {', '.join(SAMPLED_SOFTMAX_ESTIMATORS)}, "
+                f"got {estimator!r}"
+            )
         self.temperature = temperature
+        self.estimator = estimator
 
     def forward(
         self,
@@ -97,10 +117,14 @@ class SampledSoftmaxLoss(SampledLoss):
     ) -> torch.Tensor:
         if self.temperature != 1.0:
             pos, neg = pos / self.temperature, neg / self.temperature
-        if log_q_pos is not None:
-            pos = pos - log_q_pos
-        if log_q_neg is not None:
-            neg = neg - log_q_neg
+        if self.estimator == "importance":
+            if log_q_neg is not None:
+                neg = neg - (log_q_neg + math.log(neg.shape[-1]))
+        else:
+            if log_q_pos is not None:
+                pos = pos - log_q_pos
+            if log_q_neg is not None:
+                neg = neg - log_q_neg
         logits = torch.cat([pos.unsqueeze(-1), neg], -1)
         return (torch.logsumexp(logits, -1) - pos).mean()
 

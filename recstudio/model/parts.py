@@ -73,6 +73,11 @@ class RankingParts:
     """How query and item vectors become a score: inner_product, cosine, euclidean, mlp."""
     temperature: float | None = None
     """Softmax temperature of softmax, sampled_softmax and infonce (None: 1.0, infonce 0.1)."""
+    sampled_softmax_estimator: str = "importance"
+    """How sampled_softmax corrects its sampled logits: importance (the partition function's
+    importance-sampling estimate: each negative corrected by log(K q), the target not; exact with
+    the model's softmax as proposal) or logq (every logit minus its log q, the target's included:
+    TensorFlow's sampled_softmax_loss and the original RecStudio)."""
     margin: float | None = None
     """Margin of the hinge and warp losses (None: 1.0) and of ccl (None: 0.9)."""
     negative_weight: float | None = None
@@ -85,10 +90,15 @@ class RankingParts:
     """Hidden layer sizes of the mlp scorer."""
 
     def validate(self) -> None:
-        from recstudio.model.loss import LOSSES
+        from recstudio.model.loss import LOSSES, SAMPLED_SOFTMAX_ESTIMATORS
         from recstudio.model.sampler import SAMPLERS
         from recstudio.model.scorer import SCORERS
 
+        if self.sampled_softmax_estimator not in SAMPLED_SOFTMAX_ESTIMATORS:
+            raise ConfigError(
+                "config key 'model.sampled_softmax_estimator' must be one of "
+                f"{', '.join(SAMPLED_SOFTMAX_ESTIMATORS)}; got {self.sampled_softmax_estimator!r}"
+            )
         for key, valid in (("loss", LOSSES), ("sampler", SAMPLERS), ("scorer", SCORERS)):
             value = getattr(self, key)
             if value not in valid:
@@ -152,6 +162,7 @@ def build_loss_from(config: RankingParts, num_items: int) -> nn.Module:
 
     options = {
         "temperature": config.temperature,
+        "estimator": config.sampled_softmax_estimator,
         "margin": config.margin,
         "negative_weight": config.negative_weight,
         "positive_weight": config.positive_weight,

@@ -15,9 +15,10 @@ distribution: ``log q(i) - log(1 - q(positives of u))``. Without ``users`` (or w
 
 API: ``sample(n, k, pos_items=None, query=None, users=None) -> (neg [n, k] long, log_q_neg
 [n, k], log_q_pos [n])``, ``sample_ids(n, k, query=None, users=None) -> neg`` (no log q) and
-``log_prob(items, query=None) -> float tensor`` of the same shape as ``items``. ``log_q_pos`` is
-the unconditional log q of the positive (it is never drawn under exclusion, so the conditional
-one would be -inf; the log-Q correction of sampled softmax uses the proposal's own probability).
+``log_prob(items, query=None) -> float tensor`` of the same shape as ``items``. Under exclusion
+``log_q_pos`` is the positive's log q on the negatives' conditional scale, log q(pos) - log(1 -
+q(positives of u)) (the positive itself is never drawn): sampled softmax subtracts both, and
+only a shared normaliser leaves the positive's share of the corrected softmax unbiased.
 
 Static samplers (uniform, popularity) ignore ``query``. Model-based samplers (``uses_query``:
 cluster_uni, cluster_pop, midx_uni, midx_pop) draw from q(i | query), a cheap approximation of
@@ -207,12 +208,19 @@ class Sampler(nn.Module):
         with self.proposal_scope(query):
             neg = self.sample_ids(n, k, query=query, users=users)
             log_q_neg = self.log_prob(neg, query=query)
-            if users is not None and self.excludes:
-                log_q_neg = log_q_neg - self.log_remaining(users, query)[:, None]
             if pos_items is None:
                 log_q_pos = torch.zeros(n, device=self.device)
             else:
                 log_q_pos = self.log_prob(pos_items.to(self.device), query=query)
+            if users is not None and self.excludes:
+                # the conditional normaliser log(1 - q(positives of u)), on both: the positive is
+                # never drawn, but a correction that subtracted it from the negatives alone would
+                # lower them against the positive by -log(1 - q(positives)), which for a proposal
+                # that follows the model (most mass on the user's own items) silences the loss
+                remaining = self.log_remaining(users, query)
+                log_q_neg = log_q_neg - remaining[:, None]
+                if pos_items is not None:
+                    log_q_pos = log_q_pos - remaining
             return neg, log_q_neg, log_q_pos
 
 
