@@ -32,6 +32,7 @@ labels=True, ratings=True)``; all False gives exactly the default data):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -145,6 +146,32 @@ def planted_data(
         ),
         context_cardinality=context_cardinality,
     )
+
+
+PLANTED_SPEC = """\
+name: {name}
+interactions:
+  file: {name}.tsv
+  format: tsv
+  columns: [user_id, item_id, timestamp]
+  roles: {{user: user_id, item: item_id, timestamp: timestamp}}
+defaults:
+  data: {{split: loo}}
+"""
+
+
+def write_planted_spec(folder: Path, data: PreparedData, name: str = "tiny") -> Path:
+    """Write ``data``'s interactions (train, valid and test rows) as ``folder/NAME.tsv`` with a
+    leave-one-out dataset spec ``folder/NAME.yaml``, and return the spec: CLI tests run
+    ``recstudio run/tune -d NAME.yaml`` on planted data like on a real dataset."""
+    rows = []
+    for part in (data.train, data.valid, data.test):
+        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist(), strict=True):
+            rows.append(f"{u}\t{i}\t{int(t)}")
+    (folder / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    spec = folder / f"{name}.yaml"
+    spec.write_text(PLANTED_SPEC.format(name=name))
+    return spec
 
 
 def _leave_one_out(user: torch.Tensor, num_users: int) -> torch.Tensor:

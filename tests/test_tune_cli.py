@@ -12,18 +12,7 @@ from click.testing import CliRunner
 
 import recstudio.data
 from recstudio.cli import cli, main
-from recstudio.testing import planted_data
-
-SPEC = """\
-name: tiny
-interactions:
-  file: tiny.tsv
-  format: tsv
-  columns: [user_id, item_id, timestamp]
-  roles: {user: user_id, item: item_id, timestamp: timestamp}
-defaults:
-  data: {split: loo}
-"""
+from recstudio.testing import planted_data, write_planted_spec
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +23,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def spec(workdir: Path) -> Path:
     """A planted dataset written as a TSV file with its spec."""
-    data = planted_data(num_users=120, num_items=60, min_len=10, max_len=16)
-    rows = []
-    for part in (data.train, data.valid, data.test):
-        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist()):
-            rows.append(f"{u}\t{i}\t{int(t)}")
-    (workdir / "tiny.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "tiny.yaml").write_text(SPEC)
-    return workdir / "tiny.yaml"
+    return write_planted_spec(workdir, planted_data(num_users=120, num_items=60, min_len=10, max_len=16))
 
 
 @pytest.fixture

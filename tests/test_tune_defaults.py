@@ -22,22 +22,12 @@ from recstudio.errors import ConfigError
 from recstudio.experiment import resolve_config
 from recstudio.model.general.bpr import BPR
 from recstudio.model.registry import get_model_class
-from recstudio.testing import planted_data
+from recstudio.testing import planted_data, write_planted_spec
 from recstudio.tune.runner import run_study
 from recstudio.tune.settings import TuneSettings, build_settings
 from recstudio.tune.space import normalize
 from recstudio.tune.workers import Budget
 
-SPEC = """\
-name: tiny
-interactions:
-  file: tiny.tsv
-  format: tsv
-  columns: [user_id, item_id, timestamp]
-  roles: {user: user_id, item: item_id, timestamp: timestamp}
-defaults:
-  data: {split: loo}
-"""
 FAST = {"train.epochs": 3, "train.early_stop_patience": 0, "train.learning_rate": 0.05}
 
 
@@ -179,14 +169,8 @@ def test_wall_clock_budget_stops_when_a_trial_cannot_fit() -> None:
 
 @pytest.fixture
 def spec(workdir: Path, data) -> Path:
-    rows = []
-    for part in (data.train, data.valid, data.test):
-        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist(), strict=True):
-            rows.append(f"{u}\t{i}\t{int(t)}")
-    (workdir / "tiny.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "tiny.yaml").write_text(SPEC)
     (workdir / "space.yaml").write_text("embed_dim: [16, 64]\n")
-    return workdir / "tiny.yaml"
+    return write_planted_spec(workdir, data)
 
 
 CLI_FAST = [

@@ -15,19 +15,9 @@ from mlflow import MlflowClient
 from recstudio.cli import cli, main
 from recstudio.errors import ConfigError
 from recstudio.model.registry import get_model_class
-from recstudio.testing import planted_data
+from recstudio.testing import planted_data, write_planted_spec
 from recstudio.tune.space import enqueue_params, normalize
 
-SPEC = """\
-name: tiny
-interactions:
-  file: tiny.tsv
-  format: tsv
-  columns: [user_id, item_id, timestamp]
-  roles: {user: user_id, item: item_id, timestamp: timestamp}
-defaults:
-  data: {split: loo}
-"""
 SPACE = {
     "embed_dim": [16, 32, 64],
     "train.learning_rate": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
@@ -41,14 +31,8 @@ def data():
 
 @pytest.fixture
 def spec(workdir: Path, data) -> Path:
-    rows = []
-    for part in (data.train, data.valid, data.test):
-        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist(), strict=True):
-            rows.append(f"{u}\t{i}\t{int(t)}")
-    (workdir / "tiny.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "tiny.yaml").write_text(SPEC)
     (workdir / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    return workdir / "tiny.yaml"
+    return write_planted_spec(workdir, data)
 
 
 def tune_args(workdir: Path, *extra: str, trials: int = 3) -> list[str]:

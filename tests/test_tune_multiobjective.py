@@ -17,7 +17,7 @@ from recstudio.cli import cli, main
 from recstudio.errors import ConfigError
 from recstudio.experiment import resolve_config
 from recstudio.model.registry import get_model_class
-from recstudio.testing import planted_data
+from recstudio.testing import planted_data, write_planted_spec
 from recstudio.tune.objectives import check_costs, cost_values, primary_value
 from recstudio.tune.runner import run_study
 from recstudio.tune.settings import TuneSettings, build_settings
@@ -131,17 +131,7 @@ def test_settings_refuse_a_pruner_and_pick_none(tmp_path: Path) -> None:
 
 
 def test_cli_prints_the_front(workdir: Path, data, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = []
-    for part in (data.train, data.valid, data.test):
-        for u, i, t in zip(part.user.tolist(), part.item.tolist(), part.time.tolist(), strict=True):
-            rows.append(f"{u}\t{i}\t{int(t)}")
-    (workdir / "tiny.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "tiny.yaml").write_text(
-        "name: tiny\ninteractions:\n  file: tiny.tsv\n  format: tsv\n"
-        "  columns: [user_id, item_id, timestamp]\n"
-        "  roles: {user: user_id, item: item_id, timestamp: timestamp}\n"
-        "defaults:\n  data: {split: loo}\n"
-    )
+    write_planted_spec(workdir, data)
     (workdir / "space.yaml").write_text("embed_dim: [8, 64]\n")
     args = ["tune", "-m", "BPR", "-d", "tiny.yaml", "--trials", "2", "--cost", "model_size"]
     args += ["--epochs", "2", "--early-stop-patience", "0", "--search-space", "space.yaml"]
