@@ -285,8 +285,9 @@ def test_fpmc_score_is_the_papers_two_terms(data):
         for b, row in enumerate(ROWS):
             u, last = batch["user"][b], row[-1]
             for i in (1, 9, 30):
-                mf = model.user_ui.weight[u] @ model.item_iu.weight[i]
-                fmc = model.item_il.weight[i] @ model.last_li.weight[last]
+                item_iu, item_il = model.item_factors.weight[i].chunk(2)
+                mf = model.user_ui.weight[u] @ item_iu
+                fmc = item_il @ model.last_li.weight[last]
                 torch.testing.assert_close(scores[b, i], mf + fmc)
         # only the last item and the user matter: an older history changes nothing
         other = seq_batch([[9, 9, 9, r[-1]] for r in ROWS], 12, users=[3, 7, 11, 2])

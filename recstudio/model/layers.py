@@ -338,10 +338,17 @@ def next_item_loss(
     )
     hidden = hidden_of(seq)
     valid = target != 0
-    if not bool(valid.any()):  # no user in the batch has a next item: nothing to learn
+    count = int(valid.sum())
+    if count == 0:  # no user in the batch has a next item: nothing to learn
         return hidden.sum() * 0.0
-    users = batch["user"][:, None].expand_as(target)[valid]
-    return model.ranking_loss(hidden[valid], target[valid], users=users, items=items)
+    users = batch["user"][:, None].expand_as(target)
+    if count == valid.numel():
+        # every position has a target (one-transition samples): a view, not a boolean gather,
+        # whose nonzero + index and zero-filled index_put backward cost ~1 ms of a 4 ms FPMC step
+        return model.ranking_loss(
+            hidden.reshape(count, -1), target.reshape(count), users=users.reshape(count), items=items
+        )
+    return model.ranking_loss(hidden[valid], target[valid], users=users[valid], items=items)
 
 
 def left_padded_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

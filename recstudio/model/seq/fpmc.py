@@ -136,15 +136,16 @@ class FPMC(ItemTowerRecommender):
         # ``next_item_loss`` keeps the last max_seq_len positions of a sample: all of them here
         self.max_seq_len = config.max_seq_len or 1 << 30
         self.user_ui = Embedding(data.num_users, d)  # V^{UI}
-        self.item_iu = Embedding(data.num_items, d)  # V^{IU}
-        self.item_il = Embedding(data.num_items, d)  # V^{IL}
+        # [V^{IU} | V^{IL}] in one table: the item vectors are its weight, with no per-step cat
+        self.item_factors = Embedding(data.num_items, 2 * d)
         self.last_li = Embedding(data.num_items, d, padding_idx=0)  # V^{LI}
-        for table in (self.user_ui, self.item_iu, self.item_il, self.last_li):
-            if config.init_std is None:
-                nn.init.xavier_normal_(table.weight)
-            else:
-                nn.init.normal_(table.weight, std=config.init_std)
         with torch.no_grad():
+            tables = (self.user_ui.weight, *self.item_factors.weight.split(d, dim=1), self.last_li.weight)
+            for table in tables:  # each factor table initialised as its own [rows, d] matrix
+                if config.init_std is None:
+                    nn.init.xavier_normal_(table)
+                else:
+                    nn.init.normal_(table, std=config.init_std)
             self.last_li.weight[0].zero_()
         self.build_ranking_parts(data, dim=2 * d)
 
@@ -155,7 +156,7 @@ class FPMC(ItemTowerRecommender):
 
     def item_vectors(self) -> torch.Tensor:
         """``[V_i^{IU}, V_i^{IL}]`` [num_items, 2d]."""
-        return torch.cat([self.item_iu.weight, self.item_il.weight], dim=1)
+        return self.item_factors.weight
 
     def query_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Query after the most recent item [B, 2d]."""
