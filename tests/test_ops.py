@@ -144,23 +144,29 @@ def test_bpr_fused_step_equals_generic_step(loss: str) -> None:
         assert torch.allclose(fused, generic, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("keep", [0, 1 << 24], ids=["recompute", "keep"])
 @pytest.mark.parametrize("budget", [1, 50, 1 << 19])
 @pytest.mark.parametrize("temperature", [1.0, 0.2])
 def test_full_softmax_inner_product_loss_matches_cross_entropy(
-    budget: int, temperature: float, monkeypatch: pytest.MonkeyPatch
+    budget: int, temperature: float, keep: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Row blocks of one row, a few rows, all rows: the value and both gradients of
+    """Row blocks of one row, a few rows, all rows, with the probabilities recomputed in
+    backward or kept from forward: the value and both gradients of
     ``F.cross_entropy((query @ items.T) / T, target)`` with padding column 0 at -inf (float64)."""
     from recstudio.model import ops
 
     monkeypatch.setattr(ops, "SOFTMAX_CPU_BLOCK_ELEMENTS", budget)
+    monkeypatch.setattr(ops, "SOFTMAX_KEEP_ELEMENTS", keep)
     torch.manual_seed(4)
     n, d, num_items = 37, 6, 15
     query = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
     items = torch.randn(num_items, d, dtype=torch.float64, requires_grad=True)
     target = torch.randint(1, num_items, (n,))
     fast = full_softmax_inner_product_loss(query, items, target, temperature)
-    fast_grads = torch.autograd.grad(3.0 * fast, (query, items))
+    first = torch.autograd.grad(3.0 * fast, (query, items), retain_graph=True)
+    fast_grads = torch.autograd.grad(3.0 * fast, (query, items))  # a second backward: the same
+    for a, b in zip(first, fast_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     scores = query @ items.T
     scores[:, 0] = -torch.inf
     ref = torch.nn.functional.cross_entropy(scores / temperature, target)

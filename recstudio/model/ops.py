@@ -262,27 +262,36 @@ core's L2 cache on the project's machine (256 rows of ml-100k's 1683 items)."""
 SOFTMAX_BLOCK_ELEMENTS = 1 << 26
 """Scores per row block on other devices: few, large kernels."""
 
+SOFTMAX_KEEP_ELEMENTS = 1 << 24
+"""Largest [N, I] (64 MB of float32) whose probabilities forward keeps for backward, which then
+skips the recomputed scores' matmul and softmax; larger losses recompute them block by block."""
+
 
 class _FullSoftmaxInnerProductLoss(torch.autograd.Function):
     """``full_softmax_inner_product_loss`` row block by row block: forward keeps each row's
-    loss only, backward recomputes the block's scores (one more matmul) instead of storing
-    the [N, I] scores, their log-softmax and its gradient."""
+    loss, and the [N, I] probabilities only when they fit ``SOFTMAX_KEEP_ELEMENTS``; otherwise
+    backward recomputes each block's scores (one more matmul and softmax), so no [N, I] score,
+    log-softmax or gradient tensor is ever materialised."""
 
     @staticmethod
     def forward(ctx, query, items, target, temperature, padding_idx, rows):
         losses = query.new_empty(query.shape[0])
+        keep = query.shape[0] * items.shape[0] <= SOFTMAX_KEEP_ELEMENTS
+        probs = query.new_empty(query.shape[0], items.shape[0]) if keep else None
         for r0 in range(0, query.shape[0], rows):
             scores = _block_scores(query[r0 : r0 + rows], items, temperature, padding_idx)
             log_p = torch.log_softmax(scores, 1)
             losses[r0 : r0 + rows] = log_p.gather(1, target[r0 : r0 + rows, None]).squeeze(1).neg_()
-        ctx.save_for_backward(query, items, target)
+            if probs is not None:
+                torch.exp(log_p, out=probs[r0 : r0 + rows])
+        ctx.save_for_backward(query, items, target, probs)
         ctx.temperature, ctx.padding_idx, ctx.rows = temperature, padding_idx, rows
         return losses.mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        query, items, target = ctx.saved_tensors
+        query, items, target, probs = ctx.saved_tensors
         rows = ctx.rows
         scale = grad / (query.shape[0] * ctx.temperature)  # d mean / d row loss, through 1/T
         d_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
@@ -290,9 +299,12 @@ class _FullSoftmaxInnerProductLoss(torch.autograd.Function):
         for r0 in range(0, query.shape[0], rows):
             block = query[r0 : r0 + rows]
             # d row loss / d scores = softmax - one-hot of the target (0 at padding: exp(-inf))
-            d_scores = torch.softmax(_block_scores(block, items, ctx.temperature, ctx.padding_idx), 1)
-            d_scores[torch.arange(block.shape[0], device=block.device), target[r0 : r0 + rows]] -= 1.0
-            d_scores.mul_(scale)
+            if probs is None:
+                d_scores = torch.softmax(_block_scores(block, items, ctx.temperature, ctx.padding_idx), 1)
+                d_scores.mul_(scale)
+            else:  # the kept probabilities stay intact (a second backward reads them again)
+                d_scores = probs[r0 : r0 + rows] * scale
+            d_scores[torch.arange(block.shape[0], device=block.device), target[r0 : r0 + rows]] -= scale
             if d_query is not None:
                 torch.mm(d_scores, items, out=d_query[r0 : r0 + rows])
             if d_items is not None:
