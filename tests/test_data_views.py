@@ -174,11 +174,67 @@ def test_seq2seq_chunks_hold_every_transition_once() -> None:
     assert _samples(build_view("seq2seq", data, batch_size=16, seed=1, max_len=40, chunk_len=4)) == cut
 
 
+def test_seq2seq_chunks_with_context_train_each_target_once_after_its_history() -> None:
+    """context_len K: each chunk of C targets is preceded by the K inputs before it (no target
+    there); every target is trained exactly once; a sample is the slice of the user's whole
+    sequence that ends at its chunk."""
+    view = build_view("seq2seq", _data(), batch_size=8, seed=0, max_len=None, chunk_len=1, context_len=2)
+    got = _samples(view)
+    assert got == {
+        (1, (5, 3, 7), (0, 0, 2), 3),
+        (1, (0, 5, 3), (0, 0, 7), 2),
+        (1, (0, 0, 5), (0, 0, 3), 1),
+        (4, (0, 0, 6), (0, 0, 8), 1),
+    }
+    torch.manual_seed(1)
+    n = 500
+    user = torch.sort(torch.randint(1, 20, (n,))).values
+    item = torch.randperm(n) + 1  # distinct items: a target names its position
+    train = Interactions(user, item, torch.ones(n), torch.arange(n, dtype=torch.float64))
+    data = PreparedData(
+        name="random",
+        num_users=20,
+        num_items=n + 1,
+        train=train,
+        valid=train,
+        test=train,
+        user_vocab=[None, *range(1, 20)],
+        item_vocab=[None, *range(1, n + 1)],
+    )
+    width = 200  # longer than any user's sequence: the whole rows
+    whole = next(iter(build_view("seq2seq", data, batch_size=64, seed=0, max_len=width)))
+    rows = {u: (s, t) for u, s, t in zip(whole["user"].tolist(), whole["seq"], whole["target"])}
+    for size, context in ((3, 5), (4, 4), (1, 7)):
+        trained: dict[tuple[int, int], int] = {}
+        view = build_view(
+            "seq2seq", data, batch_size=16, seed=2, max_len=None, chunk_len=size, context_len=context
+        )
+        samples = [
+            (u, tuple(s.tolist()), tuple(t.tolist()))
+            for b in _epoch(view)
+            for u, s, t in zip(b["user"].tolist(), b["seq"], b["target"])
+        ]
+        for u, seq, target in samples:  # a list: a sample emitted twice would count twice
+            s_all, t_all = rows[u]
+            # the slice of the whole row that ends at this chunk's newest target (always trained)
+            end = int(torch.nonzero(t_all == target[-1])[0, 0]) + 1
+            assert tuple(s_all[end - len(seq) : end].tolist()) == seq
+            assert target[:context] == (0,) * context  # context columns: no target
+            assert target[context:] == tuple(t_all[end - size : end].tolist())
+            for i, t in enumerate(target[context:]):
+                if t:
+                    trained[(u, end - size + i)] = trained.get((u, end - size + i), 0) + 1
+        every = {(u, i) for u, (_, t_all) in rows.items() for i in range(width) if t_all[i] > 0}
+        assert set(trained) == every and set(trained.values()) == {1}
+
+
 def test_seq2seq_chunk_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="chunk_len must be >= 1"):
         build_view("seq2seq", _data(), batch_size=2, seed=0, chunk_len=0)
     with pytest.raises(ConfigError, match="max_len None"):
         build_view("seq2seq", _data(), batch_size=2, seed=0, max_len=None)
+    with pytest.raises(ConfigError, match="context_len"):
+        build_view("seq2seq", _data(), batch_size=2, seed=0, context_len=3)  # without chunk_len
 
 
 def test_als_view_alternates_user_and_item_blocks() -> None:

@@ -259,6 +259,7 @@ def test_loss_decreases_on_a_tiny_batch(cls, cfg_cls, data):
         (NARMConfig, "context_dropout", 1.0),
         (STAMPConfig, "dropout", -0.1),
         (STAMPConfig, "init_std", -1.0),
+        (STAMPConfig, "window_context", 50),  # not below max_seq_len (50)
         (NPEConfig, "dropout", 1.0),
         (NPEConfig, "embed_dim", 0),
     ],
@@ -363,6 +364,28 @@ def test_stamp_attention_and_trilinear_score_by_hand(data, add_mean):
         seq = batch["seq"]
         weights = model.attention(model.item_emb(seq), causal_mean(model.item_emb(seq), seq), seq)
         assert (weights[0, :, :5] == 0).all() and (weights[0].triu(1) == 0).all()
+
+
+def test_stamp_window_context_trains_every_target_in_windows(data):
+    """window_context K: windows of max_seq_len positions, K of context, every target once."""
+    from recstudio.config import resolve
+    from recstudio.pipeline import training_batches
+
+    overrides = {"model.max_seq_len": 6, "model.window_context": 2, "batch_size": 8}
+    overrides.update({f"model.{key}": value for key, value in SMALL[STAMP].items()})
+    cfg = resolve(STAMP, "planted", overrides=overrides)
+    model = STAMP(cfg.model, data, cfg.train, cfg.eval)
+    assert model.data_needs.main.options == {"max_len": None, "chunk_len": 4, "context_len": 2}
+    batches = training_batches(model, data, cfg)
+    targets = 0
+    for group in batches:
+        for batch in group if isinstance(group, list) else [group]:
+            assert batch["seq"].shape[1] == 6 and not batch["target"][:, :2].any()
+            targets += int((batch["target"] > 0).sum())
+            loss = model.training_loss(batch)
+            assert torch.isfinite(loss)
+    per_user = torch.bincount(data.train.user, minlength=data.num_users)
+    assert targets == int((per_user - 1).clamp(min=0).sum())  # every target, once
 
 
 def test_npe_query_is_user_plus_summed_context(data):

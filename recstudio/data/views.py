@@ -221,11 +221,15 @@ class Seq2SeqDataset(BaseView):
     target means no target), ``seq_len`` [B] = min(n - 1, L), ``user`` [B].
 
     ``chunk_len`` C makes samples of C consecutive positions instead (a user's most recent
-    target last in its last chunk; ``seq_len`` is then the chunk's number of targets; ``max_len``
+    target last in its last chunk; ``seq_len`` is then the chunk's number of inputs; ``max_len``
     None: every position of every user): batches mix chunks of many users, so a user's own
-    parameters are stepped several times per epoch, as per-prefix training does. Only for models
-    that read nothing left of a chunk (first-order models such as FPMC: position t reads s_t
-    alone). Built from the interaction rows directly, without a [users, longest sequence] table.
+    parameters are stepped several times per epoch, as per-prefix training does. With
+    ``context_len`` K = 0 a chunk holds nothing left of its targets (first-order models such as
+    FPMC: position t reads s_t alone); K > 0 prefixes each chunk with the K inputs before it,
+    with no target there (samples of K + C positions): every target is trained exactly once,
+    after at least K items of history where the user has them, as RecBole's per-prefix
+    instances of at most K + C items are. Built from the interaction rows directly, without a
+    [users, longest sequence] table.
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class Seq2SeqDataset(BaseView):
         rank: int = 0,
         world_size: int = 1,
         chunk_len: int | None = None,
+        context_len: int = 0,
     ) -> None:
         if max_len is not None and max_len < 1:
             raise ConfigError(f"max_len must be >= 1, got {max_len}")
@@ -244,9 +249,11 @@ class Seq2SeqDataset(BaseView):
             raise ConfigError(f"chunk_len must be >= 1, got {chunk_len}")
         if max_len is None and chunk_len is None:
             raise ConfigError("max_len None (every position) needs chunk_len")
+        if context_len < 0 or (context_len and chunk_len is None):
+            raise ConfigError(f"context_len must be >= 0 and needs chunk_len, got {context_len}")
         _, counts, from_end = _positions_from_end(data)
         if chunk_len is not None:
-            self._chunks(data, counts, from_end, max_len, chunk_len)
+            self._chunks(data, counts, from_end, max_len, chunk_len, context_len)
             super().__init__(len(self.users), batch_size, seed, rank, world_size)
             return
         self.users = torch.nonzero(counts >= 2).flatten()
@@ -272,25 +279,40 @@ class Seq2SeqDataset(BaseView):
         from_end: torch.Tensor,
         max_len: int | None,
         size: int,
+        context: int = 0,
     ) -> None:
-        """(user, chunk) samples of ``size`` positions: target row r (not a user's first item,
-        within the last ``max_len`` targets) goes to chunk from_end // size of its user, column
-        size - 1 - from_end % size, with its previous row's item as the input there."""
+        """(user, chunk) samples of ``context + size`` positions. Chunk c of a user holds the
+        targets with positions from the end f in [c size, c size + size) (f <= n - 2: not the
+        user's first item; f < ``max_len``). The input of target f is the item at g = f + 1; an
+        input row g sits in every chunk c with c size < g <= c size + size + context, at column
+        context + size - g + c size, with a target where g <= c size + size (its own chunk's
+        targets) and none in the context columns before them."""
         user, item = data.train.user, data.train.item
-        targets = from_end <= counts[user] - 2  # rows with a previous item of the same user
+        last_target = counts[user] - 2  # per row: its user's oldest target, counted from the end
         if max_len is not None:
-            targets &= from_end < max_len
-        index = torch.nonzero(targets).flatten()
-        chunk = from_end[index] // size
+            last_target = last_target.clamp(max=max_len - 1)
+        has_input = from_end >= 1
+        home = torch.div(from_end - 1, size, rounding_mode="floor")  # the chunk of its own target
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for back in range((size + context - 1) // size + 1):  # chunks an input can precede
+            chunk = home - back
+            inside = has_input & (chunk >= 0) & (from_end <= chunk * size + size + context)
+            inside &= chunk * size <= last_target  # the chunk has a target
+            rows = torch.nonzero(inside).flatten()
+            parts.append((rows, chunk[rows]))
+        index = torch.cat([rows for rows, _ in parts])
+        chunk = torch.cat([c for _, c in parts])
         key = user[index].long() * (int(chunk.max()) + 1 if len(index) else 1) + chunk
         rows, slot = torch.unique(key, return_inverse=True)  # sorted: users in order, chunks within
-        column = size - 1 - from_end[index] % size
-        self.seq = torch.zeros(len(rows), size, dtype=torch.long)
-        self.target = torch.zeros(len(rows), size, dtype=torch.long)
-        self.seq[slot, column] = item[index - 1]
-        self.target[slot, column] = item[index]
+        g = from_end[index]
+        column = context + size - g + chunk * size
+        self.seq = torch.zeros(len(rows), context + size, dtype=torch.long)
+        self.target = torch.zeros(len(rows), context + size, dtype=torch.long)
+        self.seq[slot, column] = item[index]
+        trained = (g <= chunk * size + size) & (g - 1 <= last_target[index])
+        self.target[slot[trained], column[trained]] = item[index[trained] + 1]
         self.users = torch.zeros(len(rows), dtype=user.dtype).index_put_((slot,), user[index])
-        self.seq_len = (self.target > 0).sum(1)
+        self.seq_len = (self.seq > 0).sum(1)
 
     def _batch(self, index: torch.Tensor) -> Batch:
         return {
@@ -421,6 +443,7 @@ def build_view(
     static_negatives: int = 0,
     max_len: int | None = 50,
     chunk_len: int | None = None,
+    context_len: int = 0,
     num_negatives: int = 1,
     rank: int = 0,
     world_size: int = 1,
@@ -428,8 +451,8 @@ def build_view(
     """A training view by name (see ``VIEWS``).
 
     Options a view does not use are ignored (``static_negatives`` only applies to ``triplet``,
-    ``max_len`` to ``seq`` and ``seq2seq``, ``chunk_len`` to ``seq2seq``, ``num_negatives`` to
-    ``kg``).
+    ``max_len`` to ``seq`` and ``seq2seq``, ``chunk_len`` and ``context_len`` to ``seq2seq``,
+    ``num_negatives`` to ``kg``).
     """
     if name not in VIEWS:
         raise ConfigError(f"unknown dataset view '{name}'; views are: {', '.join(VIEWS)}")
@@ -439,7 +462,9 @@ def build_view(
     if name == "seq":
         return SeqDataset(data, batch_size, seed, max_len=max_len, **common)
     if name == "seq2seq":
-        return Seq2SeqDataset(data, batch_size, seed, max_len=max_len, chunk_len=chunk_len, **common)
+        return Seq2SeqDataset(
+            data, batch_size, seed, max_len=max_len, chunk_len=chunk_len, context_len=context_len, **common
+        )
     if name == "kg":
         return KGDataset(data, batch_size, seed, num_negatives=num_negatives, **common)
     return VIEWS[name](data, batch_size, seed, **common)

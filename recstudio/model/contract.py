@@ -97,3 +97,21 @@ class DataContract:
     @property
     def main(self) -> TrainInput:
         return self.inputs[0]
+
+
+def sequence_input(max_seq_len: int, window_context: int | None = None) -> TrainInput:
+    """The ``seq2seq`` training input of a whole-sequence model.
+
+    ``window_context`` None: one sample per user, its last ``max_seq_len`` positions (targets
+    older than that are not trained). K >= 0: every target of every user, in windows of
+    ``max_seq_len`` positions whose first K are context only (the view's ``chunk_len`` =
+    ``max_seq_len`` - K, ``context_len`` = K): each target is trained once, after at least K items
+    of history where the user has them, as RecBole's per-prefix instances are, for about
+    ``max_seq_len / (max_seq_len - K)`` times the positions.
+    """
+    if window_context is None:
+        return TrainInput("seq2seq", options={"max_len": max_seq_len})
+    if not 0 <= window_context < max_seq_len:
+        raise ModelError(f"window_context must be in [0, max_seq_len={max_seq_len}), got {window_context}")
+    options = {"max_len": None, "chunk_len": max_seq_len - window_context, "context_len": window_context}
+    return TrainInput("seq2seq", options=options)
