@@ -221,6 +221,19 @@ def test_config_validation(cfg_cls):
     build_section(cfg_cls, {"loss": "hinge", "margin": 0.5}, "model")  # any shared loss works
 
 
+def test_sasrec_window_context_selects_windowed_training():
+    """SASRec (and the models built on it) train every target in windows with window_context."""
+    from recstudio.config import build_section
+
+    with pytest.raises(ConfigError, match="model.window_context"):
+        build_section(SASRecConfig, {"max_seq_len": 20, "window_context": 20}, "model")
+    whole = SASRec.data_contract(build_section(SASRecConfig, {"max_seq_len": 20}, "model"))
+    assert dict(whole.main.options) == {"max_len": 20}
+    config = build_section(SASRecConfig, {"max_seq_len": 20, "window_context": 5}, "model")
+    windows = SASRec.data_contract(config)
+    assert dict(windows.main.options) == {"max_len": None, "chunk_len": 15, "context_len": 5}
+
+
 @pytest.mark.parametrize("cls", [SASRec, BERT4Rec])
 def test_search_space_is_valid(cls):
     from recstudio.tune.space import normalize

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from recstudio.errors import ModelError
+from recstudio.errors import ConfigError, ModelError
 
 Alternate = Literal["zip", "step", "epoch"]
 PARTS = ("kg", "social")
@@ -111,7 +111,15 @@ def sequence_input(max_seq_len: int, window_context: int | None = None) -> Train
     """
     if window_context is None:
         return TrainInput("seq2seq", options={"max_len": max_seq_len})
-    if not 0 <= window_context < max_seq_len:
-        raise ModelError(f"window_context must be in [0, max_seq_len={max_seq_len}), got {window_context}")
+    check_window_context(max_seq_len, window_context)
     options = {"max_len": None, "chunk_len": max_seq_len - window_context, "context_len": window_context}
     return TrainInput("seq2seq", options=options)
+
+
+def check_window_context(max_seq_len: int, window_context: int | None) -> None:
+    """The config check of ``model.window_context`` (None, or 0 <= K < ``max_seq_len``)."""
+    if window_context is not None and not 0 <= window_context < max_seq_len:
+        raise ConfigError(
+            f"config key 'model.window_context' must be in [0, max_seq_len={max_seq_len}), "
+            f"got {window_context}"
+        )

@@ -30,7 +30,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.contract import DataContract, check_window_context, sequence_input
 from recstudio.model.layers import (
     SEQUENCE_DEFAULT_OVERRIDES,
     TRANSFORMER_SEARCH_SPACE,
@@ -62,6 +62,10 @@ class SASRecConfig(RankingParts):
     max_seq_len: int = 50
     """Longest input sequence (the most recent items are kept); also sizes the positional table.
     The pipeline passes it to the ``seq2seq`` view and to the evaluation split."""
+    window_context: int | None = None
+    """None: each user's last ``max_seq_len`` targets, one sample per user (the paper's). K:
+    every target, in windows of ``max_seq_len`` items whose first K are context only
+    (``contract.sequence_input``), as RecBole's per-prefix training sees them."""
     hidden_size: int = 64
     inner_size: int | None = None
     """Width of the position-wise feed-forward layer; None: hidden_size, as in the paper."""
@@ -93,6 +97,7 @@ class SASRecConfig(RankingParts):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
+        check_window_context(self.max_seq_len, self.window_context)
 
 
 @register
@@ -107,8 +112,9 @@ class SASRec(ItemTowerRecommender):
 
     @classmethod
     def data_contract(cls, config: SASRecConfig) -> DataContract:
-        """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
-        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        """Whole sequences of at most ``max_seq_len`` items (or windows, ``window_context``);
+        evaluation reads the same tail."""
+        view = sequence_input(config.max_seq_len, config.window_context)
         return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(

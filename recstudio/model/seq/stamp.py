@@ -56,7 +56,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, sequence_input
+from recstudio.model.contract import DataContract, check_window_context, sequence_input
 from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, Dropout, next_item_loss, trim_left_padding
 from recstudio.model.ops import Embedding
 from recstudio.model.parts import RankingParts
@@ -111,11 +111,7 @@ class STAMPConfig(RankingParts):
             raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
             raise ConfigError(f"config key 'model.init_std' must be > 0, got {self.init_std}")
-        if self.window_context is not None and not 0 <= self.window_context < self.max_seq_len:
-            raise ConfigError(
-                f"config key 'model.window_context' must be in [0, max_seq_len={self.max_seq_len}), "
-                f"got {self.window_context}"
-            )
+        check_window_context(self.max_seq_len, self.window_context)
 
 
 @register
