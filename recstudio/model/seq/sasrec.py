@@ -51,6 +51,7 @@ class SASRecConfig(RankingParts):
 
     ranges: ClassVar[dict[str, str]] = {
         "max_seq_len": ">= 1",
+        "window_context": ">= 0",
         "hidden_size": ">= 1",
         "inner_size": ">= 1",
         "num_layers": ">= 1",

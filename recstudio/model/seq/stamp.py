@@ -70,6 +70,7 @@ class STAMPConfig(RankingParts):
 
     ranges: ClassVar[dict[str, str]] = {
         "max_seq_len": ">= 1",
+        "window_context": ">= 0",
         "embed_dim": ">= 1",
         "dropout": "[0, 1)",
         "init_std": "> 0",
