@@ -49,7 +49,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.contract import DataContract, sequence_input
 from recstudio.model.layers import (
     SEQUENCE_DEFAULT_OVERRIDES,
     TRANSFORMER_SEARCH_SPACE,
@@ -175,7 +175,7 @@ class FEARec(ItemTowerRecommender):
     def data_contract(cls, config: FEARecConfig) -> DataContract:
         """Sequences of the last ``prefix_window`` positions (prefixes are drawn from them);
         evaluation reads the last ``max_seq_len`` items."""
-        view = TrainInput("seq2seq", options={"max_len": max(config.prefix_window, config.max_seq_len)})
+        view = sequence_input(max(config.prefix_window, config.max_seq_len))
         return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(

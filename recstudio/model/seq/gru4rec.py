@@ -40,7 +40,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.contract import DataContract, sequence_input
 from recstudio.model.layers import (
     SEQUENCE_DEFAULT_OVERRIDES,
     Dropout,
@@ -120,7 +120,7 @@ class GRU4Rec(ItemTowerRecommender):
     @classmethod
     def data_contract(cls, config: GRU4RecConfig) -> DataContract:
         """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
-        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        view = sequence_input(config.max_seq_len)
         return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(

@@ -37,7 +37,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.contract import DataContract, sequence_input
 from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -93,7 +93,7 @@ class HGN(ItemTowerRecommender):
     @classmethod
     def data_contract(cls, config: HGNConfig) -> DataContract:
         """Whole training sequences (every window); evaluation reads the last L items."""
-        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        view = sequence_input(config.max_seq_len)
         return DataContract(inputs=(view,), eval_sequence=config.window)
 
     def __init__(

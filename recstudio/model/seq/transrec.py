@@ -41,7 +41,7 @@ from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.errors import ConfigError
 from recstudio.model.base import ItemTowerRecommender
-from recstudio.model.contract import DataContract, TrainInput
+from recstudio.model.contract import DataContract, sequence_input
 from recstudio.model.layers import SEQUENCE_DEFAULT_OVERRIDES, next_item_loss
 from recstudio.model.ops import Embedding, gather_rows
 from recstudio.model.parts import RankingParts
@@ -101,7 +101,7 @@ class TransRec(ItemTowerRecommender):
     @classmethod
     def data_contract(cls, config: TransRecConfig) -> DataContract:
         """Whole sequences of at most ``max_seq_len`` items; evaluation reads the same tail."""
-        view = TrainInput("seq2seq", options={"max_len": config.max_seq_len})
+        view = sequence_input(config.max_seq_len)
         return DataContract(inputs=(view,), eval_sequence=config.max_seq_len)
 
     def __init__(
