@@ -300,11 +300,17 @@ def test_model_negatives_avoid_training_positives_by_default() -> None:
     data = planted_data(num_users=30, num_items=20, seed=1)
     positives = set(zip(data.train.user.tolist(), data.train.item.tolist()))
     users = data.train.user.repeat(20)
-    for exclude, expect_hits in ((True, False), (False, True)):
+    for exclude, expect_hits in ((None, False), (True, False), (False, True)):
         model = BPR(BPR.Config(exclude_positives=exclude), data)
         neg = model.candidate_ids(None, torch.ones_like(users), users=users)[:, 1]
         hits = any((u, i) in positives for u, i in zip(users.tolist(), neg.tolist()))
         assert hits is expect_hits
+    # model-based samplers draw from the whole catalogue unless told otherwise
+    for sampler in ("uniform", "popularity", "midx_uni", "cluster_pop"):
+        model = BPR(BPR.Config(sampler=sampler, sampler_clusters=3), data)
+        assert model.sampler.excludes is (sampler in ("uniform", "popularity"))
+        forced = BPR(BPR.Config(sampler=sampler, sampler_clusters=3, exclude_positives=True), data)
+        assert forced.sampler.excludes
 
 
 def test_sampler_errors() -> None:

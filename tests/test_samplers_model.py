@@ -181,7 +181,8 @@ def test_config_errors() -> None:
         with pytest.raises(ConfigError, match="model.hard_negative_candidates"):
             BPR.Config(loss=loss, hard_negative_candidates=4).validate()
     BPR.Config(loss="hinge", hard_negative_candidates=4).validate()
-    for key in ("sampler_clusters", "sampler_refresh_epochs", "hard_negative_candidates"):
+    keys = ("sampler_clusters", "sampler_refresh_epochs", "sampler_refresh_steps", "hard_negative_candidates")
+    for key in keys:
         with pytest.raises(ConfigError, match=f"model.{key}"):
             BPR.Config(**{key: 0}).validate()
     with pytest.raises(ConfigError, match="cluster_uni, cluster_pop, midx_uni, midx_pop"):
@@ -226,6 +227,28 @@ def test_end_to_end_training(name: str, sampler: str, monkeypatch: pytest.Monkey
     assert result["epochs"] == 2
     assert math.isfinite(result["test"]["ndcg@10"])
     assert len(refreshed) == 2  # at the start of each epoch
+
+
+def test_refresh_every_n_steps_inside_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recstudio.model.sampler import ModelBasedSampler
+
+    refreshed = []
+    refresh = ModelBasedSampler.refresh
+    monkeypatch.setattr(
+        ModelBasedSampler, "refresh", lambda self, vectors: (refreshed.append(1), refresh(self, vectors))
+    )
+    data = planted_data(num_users=60, num_items=40, seed=5)
+    steps = -(-data.train.user.numel() // 128)  # optimiser steps per epoch
+    overrides = {
+        "model.loss": "sampled_softmax",
+        "model.sampler": "midx_uni",
+        "model.sampler_clusters": 4,
+        "model.sampler_refresh_steps": 2,
+    }
+    result = fit_and_evaluate("BPR", data, epochs=2, batch_size=128, **overrides)
+    assert result["epochs"] == 2 and steps >= 4
+    # each epoch start, then every 2 steps after it within the epoch: 1 + (steps - 1) // 2
+    assert len(refreshed) == 2 * (1 + (steps - 1) // 2)
 
 
 def test_end_to_end_dns_fused_bpr_and_generic_hinge() -> None:

@@ -518,16 +518,25 @@ class ItemTowerRecommender(Recommender):
         self.hard_negative_candidates = parts.hard_negative_candidates
         self.sampler_refreshed_at: int | None = None
         """Epoch at whose start a model-based sampler was last rebuilt (None: not yet)."""
+        self.sampler_refreshed_step = 0
+        """``optimizer_steps`` at the sampler's last rebuild (epoch start or step schedule)."""
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self.refresh_sampler()
 
+    def _optimizer_step(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        every = getattr(self.config, "sampler_refresh_steps", None)
+        if every and self.optimizer_steps - self.sampler_refreshed_step >= every:
+            self.refresh_sampler(force=True)
+        return super()._optimizer_step(batch)
+
     @torch.no_grad()
     def refresh_sampler(self, force: bool = False) -> bool:
         """Rebuild a model-based sampler (``Sampler.uses_query``) from the current item vectors
-        (detached) at the start of training and then every ``sampler_refresh_epochs`` epochs;
-        True when it did. Called at each epoch start (a subclass overriding
+        (detached) at the start of training and then every ``sampler_refresh_epochs`` epochs
+        (and every ``sampler_refresh_steps`` optimiser steps, ``_optimizer_step``); True when it
+        did. Called at each epoch start (a subclass overriding
         ``on_train_epoch_start`` calls ``super()`` first)."""
         sampler = getattr(self, "sampler", None)
         if sampler is None or not sampler.uses_query:
@@ -539,6 +548,7 @@ class ItemTowerRecommender(Recommender):
             return False
         sampler.refresh(self.item_vectors().detach())
         self.sampler_refreshed_at = epoch
+        self.sampler_refreshed_step = self.optimizer_steps
         return True
 
     def prepare_evaluation(self) -> None:

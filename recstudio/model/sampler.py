@@ -4,7 +4,8 @@ A sampler is an ``nn.Module`` whose tables are (non-persistent) buffers, so ``mo
 moves it and it draws on the model's device; nothing is saved into checkpoints (the tables are
 rebuilt from the data). Every sampler draws real items only (ids 1..num_items-1, never the
 padding id 0) and reports ``log q`` of what it drew, for log-Q correction and importance weights.
-Excluding the user's positives (the default for every model, ``model.exclude_positives``): after
+Excluding the user's positives (``model.exclude_positives``; by default on for the static
+samplers, off for the model-based ones): after
 ``exclude(user, item)`` with the training interactions, a draw for a query whose user is known
 (``users`` [n]) never returns one of that user's training items, as in the BPR paper and RecBole.
 Draws that hit a positive are redrawn (rejection, vectorised, at most ``MAX_REDRAWS`` rounds; a
@@ -24,8 +25,9 @@ Static samplers (uniform, popularity) ignore ``query``. Model-based samplers (``
 cluster_uni, cluster_pop, midx_uni, midx_pop) draw from q(i | query), a cheap approximation of
 the model's own softmax over the catalogue, rebuilt from the current item vectors by
 ``refresh(item_vectors)`` (``ItemTowerRecommender`` calls it on the ``sampler_refresh_epochs``
-schedule); ``query`` [n, d] is then required, row r of ``items`` / of the draws belongs to
-``query[r]``, and every reported log q is exact for that query (conditional under exclusion).
+and ``sampler_refresh_steps`` schedule); ``query`` [n, d] is then required, row r of ``items``
+/ of the draws belongs to ``query[r]``, and every reported log q is exact for that query
+(conditional under exclusion).
 """
 
 from __future__ import annotations
