@@ -155,6 +155,11 @@ def test_bpr_loss_matches_formula_with_static_negatives() -> None:
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert model.user_emb.weight.grad is not None
+    # reg_negatives=false: the penalty covers the user and the positive only (the generic path)
+    model.config.reg_negatives = False
+    with torch.no_grad():
+        without = model.training_loss(batch)
+    torch.testing.assert_close(without, expected - 0.1 * n.pow(2).sum().detach() / u.shape[0])
 
 
 # --------------------------------------------------------------------------- NCF

@@ -43,6 +43,10 @@ class BPR(TwoTowerRecommender):
         reg_weight: float = 5e-3
         """L2 penalty on the embeddings used in the batch (users, positives, negatives), summed
         over the dimension and averaged over the batch; the BPR-Opt regulariser of the paper."""
+        reg_negatives: bool = True
+        """Whether the penalty also covers the drawn negatives' rows (BPR-Opt). False: only the
+        user's and the positive's, as with the full softmax, so that samplers that draw
+        different items are penalised alike (benchmarks/README.md, sampler tables)."""
 
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         # every default inside (register checks it); log scales for the rate-like knobs
@@ -85,7 +89,8 @@ class BPR(TwoTowerRecommender):
         """Ranking loss plus ``reg_weight`` times the batch embeddings' squared norm.
 
         The regulariser covers exactly the rows the loss scored (the user, the positive and its
-        negatives, counted as often as the batch used them), as in BPR-Opt.
+        negatives, counted as often as the batch used them), as in BPR-Opt; with
+        ``reg_negatives`` false, the user and the positive only.
         """
         users, pos = batch["user"], batch["item"]
         table = self.user_emb.weight
@@ -93,7 +98,8 @@ class BPR(TwoTowerRecommender):
         # built for the loss: only for the plain user table (a subclass may compute user vectors
         # otherwise); a model-based sampler or DNS reads the detached rows to draw negatives
         plain_users = type(self).user_vectors is BPR.user_vectors
-        kind = self.fused_loss_kind(table) if plain_users else None
+        fusable = plain_users and (self.config.reg_negatives or self.config.reg_weight == 0)
+        kind = self.fused_loss_kind(table) if fusable else None
         if kind is not None:  # the generic code below, as a few fused ops: same value and gradients
             drawn_from = table[users].detach() if self.needs_query_for_negatives else None
             items = self.item_emb.weight
@@ -117,6 +123,8 @@ class BPR(TwoTowerRecommender):
                 query, pos, batch.get("neg_item"), users
             )
             loss = self.loss_fn(pos_s, neg_s, log_q_pos=log_q_pos, log_q_neg=log_q_neg)
+            if not self.config.reg_negatives:
+                scored = pos
         if self.config.reg_weight > 0:
             reg = sum_squared_rows(self.user_emb.weight, users, rows=query)
             reg = reg + sum_squared_rows(self.item_emb.weight, scored)
