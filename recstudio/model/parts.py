@@ -62,8 +62,8 @@ class RankingParts:
     every step, and moves the sampled softmax away from the full softmax the proposal
     approximates (which keeps the user's other items in its partition). Measured (BPR-MF, sampled
     softmax; benchmarks/README.md "Excluding positives"): ml-100k test NDCG@10 midx_uni 0.2684 ->
-    0.2833, cluster_uni 0.2643 -> 0.2821 without the exclusion; ml-1m pairs cluster_uni 0.2688 ->
-    0.2823 at 7.8 s instead of 16 s per epoch."""
+    0.2833, cluster_uni 0.2643 -> 0.2821 without the exclusion (two seeds alike); ml-1m pairs
+    cluster_uni 0.2688 -> 0.2823 at 7.8 s instead of 16 s per epoch (that one on a busy core)."""
     sampler_alpha: float | None = None
     """Exponent of the popularity weights of popularity, cluster_pop and midx_pop (None: 1.0;
     word2vec uses 0.75)."""
@@ -75,8 +75,8 @@ class RankingParts:
     of every this many epochs."""
     sampler_refresh_steps: int | None = None
     """Also rebuild it every this many optimiser steps inside an epoch (None: at epoch starts
-    only). A proposal built from vectors a whole epoch old drifts from the model's softmax it
-    approximates; each rebuild costs one k-means of the item vectors."""
+    only), for a proposal closer to the current model; each rebuild costs one k-means of the item
+    vectors. Measured on ml-100k (BPR-MF, 40 steps per epoch): no gain at 1 or 5 steps."""
     hard_negative_candidates: int = 1
     """Dynamic negative sampling (DNS, Zhang et al., SIGIR 2013) for item-tower models: each
     negative is the highest-scoring of this many sampler draws, scored by the current model
