@@ -92,6 +92,10 @@ class TrainConfig:
     gradient_clip: float | None = None
     early_stop_patience: int = 10
     """Stop after this many validation checks without improvement of ``monitor``; 0 disables."""
+    min_epochs: int = 0
+    """Early stopping does not end a run before this many epochs (capped by ``epochs``; the
+    ``max_minutes`` cap still applies): for models whose validation sits on a plateau before it
+    rises, e.g. UltraGCN's first ~100 ml-100k epochs at popularity level. 0: no minimum."""
     monitor: str = "ndcg@10"
     val_every: int = 1
     """Validate every this many epochs."""
@@ -412,6 +416,8 @@ def _check_ranges(cfg: ResolvedConfig) -> None:
         raise ConfigError(f"config key 'train.learning_rate' must be > 0, got {t.learning_rate}")
     if t.weight_decay < 0:
         raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {t.weight_decay}")
+    if t.min_epochs < 0:
+        raise ConfigError(f"config key 'train.min_epochs' must be >= 0, got {t.min_epochs}")
     if t.ddp_timeout <= 0:
         raise ConfigError(f"config key 'train.ddp_timeout' must be > 0, got {t.ddp_timeout}")
     if t.max_minutes is not None and t.max_minutes <= 0:

@@ -552,6 +552,37 @@ def _trainer(
     )
 
 
+def _early_stopping(cfg: ResolvedConfig, maximize: bool) -> Any:
+    """Lightning's ``EarlyStopping`` on the monitor, held back until ``train.min_epochs`` epochs
+    have run. Not ``Trainer(min_epochs=...)``: that would also hold back the ``max_minutes``
+    timer. Before the minimum the patience still counts, so the first check after it stops a run
+    that has not improved for ``early_stop_patience`` checks."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    min_epochs = min(cfg.train.min_epochs, cfg.train.epochs)
+
+    class _HeldEarlyStopping(EarlyStopping):
+        epochs_done = 0
+
+        def _run_early_stopping_check(self, trainer: Any) -> None:
+            self.epochs_done = trainer.current_epoch + 1
+            super()._run_early_stopping_check(trainer)
+
+        def _evaluate_stopping_criteria(self, current: Any) -> tuple[bool, str | None]:
+            should_stop, reason = super()._evaluate_stopping_criteria(current)
+            if should_stop and self.epochs_done < min_epochs:
+                return False, None
+            return should_stop, reason
+
+    return _HeldEarlyStopping(
+        monitor="monitor",
+        mode="max" if maximize else "min",
+        patience=cfg.train.early_stop_patience,
+        check_on_train_epoch_end=False,
+        check_finite=False,
+    )
+
+
 def _stop_reason(trainer: Any, early_stopping: Any, timer: Any, epochs: int, cfg: ResolvedConfig) -> str:
     """Why ``trainer.fit`` returned: the epoch budget, early stopping or the wall-clock cap."""
     if early_stopping is not None and early_stopping.stopped_epoch > 0:
@@ -632,15 +663,7 @@ def train_and_test(
     callbacks: list[Any] = [recorder, *options.callbacks, checkpoint]
     early_stopping = None
     if has_valid and cfg.train.early_stop_patience > 0:
-        from pytorch_lightning.callbacks import EarlyStopping
-
-        early_stopping = EarlyStopping(
-            monitor="monitor",
-            mode="max" if maximize else "min",
-            patience=cfg.train.early_stop_patience,
-            check_on_train_epoch_end=False,
-            check_finite=False,
-        )
+        early_stopping = _early_stopping(cfg, maximize)
         callbacks.append(early_stopping)
     timer = None
     if cfg.train.max_minutes is not None:

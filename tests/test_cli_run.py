@@ -266,6 +266,24 @@ def test_max_minutes_stops_after_a_whole_epoch_and_tests_the_best(workdir: Path)
     assert "ndcg@10" in result["test"] and "ndcg@10" in result["valid"]
 
 
+def test_min_epochs_holds_early_stopping_back_but_not_the_time_cap(workdir: Path):
+    """A model that cannot improve (learning rate 1e-30) stops after ``patience`` checks, or at
+    ``train.min_epochs`` when that is later; ``max_minutes`` still ends it before the minimum."""
+    import recstudio
+
+    spec = write_toy_dataset(workdir)
+    flat = dict(model="BPR", dataset=str(spec), train__epochs=50, train__learning_rate=1e-30,
+                train__early_stop_patience=1, model__embed_dim=8, quiet=True)  # fmt: skip
+    plain = recstudio.run(**flat)
+    assert plain["stopped"] == "early_stopping" and plain["epochs"] == 2
+    held = recstudio.run(**flat, train__min_epochs=6)
+    assert held["stopped"] == "early_stopping" and held["epochs"] == 6
+    capped = recstudio.run(**flat, train__min_epochs=40, train__max_minutes=1e-4)
+    assert capped["stopped"] == "max_minutes" and capped["epochs"] == 1
+    with pytest.raises(Exception, match="train.min_epochs"):
+        recstudio.run(**flat, train__min_epochs=-1)
+
+
 @pytest.mark.parametrize(
     "args, code", [(["--version"], 0), (["run", "-m", "NoSuchModel", "-d", "ml-100k"], 2)]
 )
