@@ -252,7 +252,9 @@ def run(
             parent_run_id=options.parent_run_id,
             tags=tags,
         )
-        tracker.log_params(cfg.flat())
+        from recstudio.model.parts import resolved_params
+
+        tracker.log_params({**cfg.flat(), **resolved_params(cfg.model)})
         tracker.log_text(cfg.to_yaml(), "config.yaml")
 
     try:

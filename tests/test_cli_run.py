@@ -81,6 +81,9 @@ def test_run_json_and_mlflow_record(workdir: Path):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.embed_dim"] == "16"
     assert run.data.params["train.epochs"] == "4"
+    # exclude_positives is None (the sampler decides); what it resolved to is logged beside it
+    assert run.data.params["model.exclude_positives"] == "None"
+    assert run.data.params["model.exclude_positives.resolved"] == "True"
     assert run.data.tags["model"] == "BPR"
     assert run.data.tags["cache_key"] == result["cache_key"]
     assert abs(run.data.metrics["test_ndcg_at_10"] - result["test"]["ndcg@10"]) < 1e-9

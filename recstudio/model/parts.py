@@ -208,6 +208,16 @@ def build_scorer_from(config: RankingParts, dim: int | None) -> nn.Module:
     return cls(**_accepted(cls, options))
 
 
+def resolved_params(model_config: Any) -> dict[str, Any]:
+    """What a None option of ``model_config`` resolved to, as ``model.<key>.resolved`` params,
+    so that MLflow shows what ran beside the logged None (which only says "decided by the
+    sampler"); empty when nothing was left to the model."""
+    resolve = getattr(model_config, "excludes_positives", None)
+    if resolve is None or getattr(model_config, "exclude_positives", False) is not None:
+        return {}
+    return {"model.exclude_positives.resolved": resolve()}
+
+
 def build_sampler_from(config: RankingParts, data: Any) -> nn.Module:
     """The negative sampler over the data's items; with ``exclude_positives`` it knows every
     user's training items (labelled data: its positive rows)."""
