@@ -283,7 +283,9 @@ def test_min_epochs_holds_early_stopping_back_but_not_the_time_cap(workdir: Path
     assert held["stopped"] == "early_stopping" and held["epochs"] == 6
     capped = recstudio.run(**flat, train__min_epochs=40, train__max_minutes=1e-4)
     assert capped["stopped"] == "max_minutes" and capped["epochs"] == 1
-    with pytest.raises(Exception, match="train.min_epochs"):
+    from recstudio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.min_epochs"):
         recstudio.run(**flat, train__min_epochs=-1)
 
 
