@@ -164,3 +164,29 @@ def test_register_rejects_a_space_that_excludes_a_default() -> None:
         register(lr)  # BPR's default_overrides set the learning rate 2e-3
     with pytest.raises(ModelError, match="unknown"):
         get_model_class("BadSpaceBPR")  # nothing was registered
+
+
+def test_the_callback_does_not_ask_the_pruner_before_min_epochs() -> None:
+    """``train.min_epochs`` (UltraGCN: 150) marks validation that is not yet telling: values are
+    reported, so other trials compare with them, but the trial cannot be pruned before it."""
+    from types import SimpleNamespace
+
+    from recstudio.tune.pruning import PruningCallback
+
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    trial = optuna.create_study(direction="maximize", pruner=Always()).ask()
+    callback = PruningCallback(trial, min_epochs=3)
+
+    def validated(epoch: int) -> None:
+        metrics = {"monitor": 0.1}
+        trainer = SimpleNamespace(sanity_checking=False, callback_metrics=metrics, current_epoch=epoch)
+        callback.on_validation_end(trainer, None)
+
+    validated(0)
+    validated(1)
+    assert callback.reported == {0: 0.1, 1: 0.1}
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        validated(2)

@@ -219,7 +219,11 @@ class Objective:
         from recstudio.tune.pruning import PruningCallback
 
         # a multi-objective trial cannot report intermediate values (Optuna prunes one objective)
-        pruning = PruningCallback(trial, metric_name=s.metric, prune=not defaults) if not s.costs else None
+        pruning = (
+            PruningCallback(trial, metric_name=s.metric, prune=not defaults, min_epochs=cfg.train.min_epochs)
+            if not s.costs
+            else None
+        )
         # per-trial checkpoint folder: the pipeline copies the best checkpoint into the MLflow
         # run; the local copy of every trial would otherwise accumulate in /tmp
         ckpt_dir = tempfile.mkdtemp(prefix=f"recstudio-trial{trial.number}-") if s.tracking else None

@@ -26,7 +26,9 @@ class PruningCallback(pl.Callback):
 
     ``reported`` keeps what was reported ({epoch: value}), so the caller can tell how far a
     pruned trial got. With ``prune=False`` (the defaults trial) values are reported, so that
-    pruners compare other trials with them, but the trial is never stopped.
+    pruners compare other trials with them, but the trial is never stopped. Before
+    ``min_epochs`` epochs (the trial's ``train.min_epochs``: its validation is not yet telling,
+    e.g. UltraGCN's popularity plateau) values are reported but the pruner is not asked.
     """
 
     def __init__(
@@ -35,9 +37,11 @@ class PruningCallback(pl.Callback):
         monitor: str = "monitor",
         metric_name: str | None = None,
         prune: bool = True,
+        min_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.prune = prune
+        self.min_epochs = min_epochs
         self.trial = trial
         self.monitor = monitor
         self.metric_name = metric_name or monitor
@@ -61,6 +65,6 @@ class PruningCallback(pl.Callback):
             return
         self.trial.report(value, step=epoch)
         self.reported[epoch] = value
-        if self.prune and self.trial.should_prune():
+        if self.prune and epoch + 1 >= self.min_epochs and self.trial.should_prune():
             message = f"pruned at epoch {epoch} ({self.metric_name}={value:.4f})"
             raise optuna.TrialPruned(message)
