@@ -558,7 +558,8 @@ def _early_stopping(cfg: ResolvedConfig, maximize: bool) -> Any:
     """Lightning's ``EarlyStopping`` on the monitor, held back until ``train.min_epochs`` epochs
     have run. Not ``Trainer(min_epochs=...)``: that would also hold back the ``max_minutes``
     timer. Before the minimum the patience still counts, so the first check after it stops a run
-    that has not improved for ``early_stop_patience`` checks."""
+    that has not improved for ``early_stop_patience`` checks. (The class is made here because
+    Lightning is imported lazily, to keep the CLI's start fast.)"""
     from pytorch_lightning.callbacks import EarlyStopping
 
     min_epochs = min(cfg.train.min_epochs, cfg.train.epochs)
