@@ -324,12 +324,13 @@ def contrastive_loss(
             )
         target = torch.arange(anchor.shape[0], device=anchor.device)
     if similarity == "cosine":
-        logits = l2_normalize(anchor, dim=-1) @ l2_normalize(candidates, dim=-1).T
-    elif similarity == "dot":
-        logits = anchor @ candidates.T
-    else:
+        anchor, candidates = l2_normalize(anchor, dim=-1), l2_normalize(candidates, dim=-1)
+    elif similarity != "dot":
         raise ConfigError(f"contrastive similarity must be cosine or dot, got {similarity!r}")
-    logits = logits / temperature
+    # the temperature scales the [B, d] anchors, not the [B, N] logits: the same values, but no
+    # pass over (and no second copy of) the largest tensor, forward or backward (NCL on ml-1m
+    # contrasts ~1,700 anchors with all 6,040 users: ~15% of its step)
+    logits = (anchor / temperature) @ candidates.T
     if exclude is not None:
         keep_target = torch.zeros_like(exclude).scatter_(1, target[:, None], True)
         logits = logits.masked_fill(exclude & ~keep_target, -torch.inf)
