@@ -273,3 +273,25 @@ def test_ncl_prototype_term_waits_for_the_warm_up(small, monkeypatch):
     epoch["value"] = 2
     model.on_train_epoch_start()
     assert model.proto_active() and set(model.prototypes) == {"user", "item"}
+
+
+def test_ncl_starts_from_xavier_and_lightgcn_init_std_none_means_xavier():
+    """NCL's default init is RecBole's Xavier uniform (bound sqrt(6 / (rows + d))), not
+    LightGCN's N(0, 0.1^2); ``init_std=None`` selects it for every LightGCN-based model."""
+    data = planted_data(num_users=400, num_items=300, min_len=6, max_len=14)
+    torch.manual_seed(0)
+    ncl = NCL(NCL.Config(embed_dim=16), data, TrainConfig())
+    sgl = SGL(SGL.Config(embed_dim=16), data, TrainConfig())
+    xavier_sgl = SGL(SGL.Config(embed_dim=16, init_std=None), data, TrainConfig())
+    for model, xavier in ((ncl, True), (sgl, False), (xavier_sgl, True)):
+        for table in (model.user_emb.weight, model.item_emb.weight):
+            rows = table[1:].detach()
+            assert torch.equal(table[0], torch.zeros(16))  # padding row
+            bound = math.sqrt(6.0 / (table.shape[0] + 16))
+            if xavier:
+                assert rows.abs().max() <= bound
+                assert rows.std().item() == pytest.approx(bound / math.sqrt(3.0), rel=0.05)
+            else:
+                assert rows.std().item() == pytest.approx(0.1, rel=0.05)
+    with pytest.raises(ConfigError, match="init_std"):
+        NCL.Config(init_std=0.0).validate()
