@@ -254,3 +254,49 @@ def test_recbole_runner_gauc_matches_ours() -> None:
     scores = torch.randint(0, 8, (2000,), generator=g).double() + labels * 0.5  # many ties
     expected = gauc_from_rows(scores, labels, users)
     assert runner.gauc(users.numpy(), labels.numpy(), scores.numpy()) == pytest.approx(expected, abs=1e-12)
+
+
+def test_compare_accuracy_passes_split_and_training_seeds_to_both_sides(monkeypatch, tmp_path: Path) -> None:
+    """``--split-seed`` re-splits the exported rows (and ours runs on them under the same
+    config), ``--seed`` reaches RecBole's ``seed`` and our ``train.seed``, ``--ours-set`` only ours;
+    each seed gets its own export folder so repeated runs do not overwrite each other."""
+    from recstudio.config import DataConfig
+
+    path = REPO / "benchmarks" / "reference" / "compare_accuracy.py"
+    spec = importlib.util.spec_from_file_location("reference_compare_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    seen: dict[str, object] = {}
+
+    def fake_prepare(dataset, data_config, parts=()):
+        seen["split_seed"] = data_config.split_seed
+        return "DATA"
+
+    def fake_export(data, work, name, kind):
+        seen["name"] = name
+        return {"folder": str(work / name)}
+
+    def fake_recbole(python, work, name, model, epochs, threads, max_minutes, settings):
+        seen["recbole_settings"] = settings
+        return {"valid": {}, "test": {}}
+
+    def fake_ours(model, dataset, data, epochs, overrides):
+        seen["ours_overrides"] = overrides
+        return {"valid": {}, "test": {}}
+
+    import recstudio.data
+
+    monkeypatch.setattr(recstudio.data, "prepare", fake_prepare)
+    monkeypatch.setattr(module, "model_protocol", lambda m, d: (DataConfig(), "general", (), "test"))
+    monkeypatch.setattr(module, "export_split", fake_export)
+    monkeypatch.setattr(module, "run_recbole", fake_recbole)
+    monkeypatch.setattr(module, "run_ours", fake_ours)
+    argv = ["compare_accuracy.py", "--models", "MultiDAE", "--recbole-python", "py", "--work", str(tmp_path)]
+    argv += ["--split-seed", "7", "--seed", "3", "--ours-set", "model.dropout=0.3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    assert seen["split_seed"] == 7
+    assert seen["name"] == "ml-100k-multidae-split7-seed3"
+    assert seen["recbole_settings"] == ("latent_dimension=200", "seed=3")
+    assert seen["ours_overrides"] == {"model.dropout": 0.3, "train.seed": 3, "data.split_seed": 7}

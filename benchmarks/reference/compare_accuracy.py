@@ -20,6 +20,7 @@ their seconds are not a speed benchmark (``compare.py`` is).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -28,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -89,14 +92,19 @@ def run_recbole(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_ours(model: str, dataset: str, data: Any, epochs: int) -> dict[str, Any]:
-    """Our model with its defaults on ``data`` (the PreparedData that was exported)."""
+def run_ours(
+    model: str, dataset: str, data: Any, epochs: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Our model with its defaults (plus ``overrides``, dotted keys) on ``data``, the
+    PreparedData that was exported."""
     from recstudio.data import load_spec
     from recstudio.experiment import resolve_config
     from recstudio.pipeline import RunOptions, run
 
     spec = load_spec(dataset)
-    overrides = {"train.epochs": epochs} if epochs else {}
+    overrides = dict(overrides or {})
+    if epochs:
+        overrides["train.epochs"] = epochs
     cfg = resolve_config(
         model=model,
         dataset=dataset,
@@ -207,6 +215,23 @@ def main() -> None:
     parser.add_argument(
         "--ours-epochs", type=int, default=0, help="cap our epochs only (0: --epochs, else our defaults)"
     )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the random split (both libraries get the same rows; default: the model's "
+        "data config, 2020): repeat over seeds to see the split's own spread",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="training seed of both libraries (RecBole's seed, our train.seed; default: each one's own)",
+    )
+    parser.add_argument(
+        "--ours-set",
+        action="append",
+        default=[],
+        help="key=value over our model's config (repeatable, dotted keys as `recstudio run --set`)",
+    )
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--recbole-results", help="JSON lines of earlier recbole_run.py runs to reuse")
     parser.add_argument("--json", dest="json_out")
@@ -222,6 +247,16 @@ def main() -> None:
         if not sep or "=" not in setting:
             parser.error(f"--recbole-set {item!r}: expected MODEL:key=value")
         extra[target] = extra.get(target, ()) + (setting,)
+    ours_overrides: dict[str, Any] = {}
+    for item in args.ours_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--ours-set {item!r}: expected key=value")
+        ours_overrides[key] = yaml.safe_load(value)
+    if args.seed is not None:
+        ours_overrides["train.seed"] = args.seed
+    if args.split_seed is not None:
+        ours_overrides["data.split_seed"] = args.split_seed
     reuse: dict[str, dict[str, Any]] = {}
     if args.recbole_results:
         for line in Path(args.recbole_results).read_text().splitlines():
@@ -232,8 +267,14 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         data_config, kind, parts, origin = model_protocol(model, args.dataset)
+        if args.split_seed is not None:
+            data_config = dataclasses.replace(data_config, split_seed=args.split_seed)
         data = prepare(args.dataset, data_config, parts=parts)
         name = f"{Path(args.dataset).stem}-{model}".lower()
+        if args.split_seed is not None:
+            name += f"-split{args.split_seed}"
+        if args.seed is not None:
+            name += f"-seed{args.seed}"
         summary = export_split(data, work, name, kind)
         row: dict[str, Any] = {
             "model": model,
@@ -241,6 +282,8 @@ def main() -> None:
             "kind": kind,
             "protocol": protocol_text(data_config, kind),
             "protocol_source": origin,
+            "seed": args.seed,
+            "ours_overrides": ours_overrides,
             "export": summary,
         }
         rb_name = RECBOLE_NAMES.get(model, model)
@@ -256,12 +299,14 @@ def main() -> None:
                 args.epochs,
                 args.recbole_threads,
                 args.recbole_max_minutes,
-                extra.get(model, ()),
+                extra.get(model, ()) + ((f"seed={args.seed}",) if args.seed is not None else ()),
             )
         if model in registered and not args.skip_ours:
             print(f"{model}: ours ...", file=sys.stderr, flush=True)
             try:
-                row["ours"] = run_ours(model, args.dataset, data, args.ours_epochs or args.epochs)
+                row["ours"] = run_ours(
+                    model, args.dataset, data, args.ours_epochs or args.epochs, ours_overrides
+                )
             except Exception as exc:  # noqa: BLE001 - a colleague's model in progress may fail; keep the table
                 row["ours"] = {"error": f"{type(exc).__name__}: {exc}"}
         elif model not in registered:
