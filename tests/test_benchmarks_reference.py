@@ -294,9 +294,15 @@ def test_compare_accuracy_passes_split_and_training_seeds_to_both_sides(monkeypa
     monkeypatch.setattr(module, "run_ours", fake_ours)
     argv = ["compare_accuracy.py", "--models", "MultiDAE", "--recbole-python", "py", "--work", str(tmp_path)]
     argv += ["--split-seed", "7", "--seed", "3", "--ours-set", "model.dropout=0.3"]
+    argv += ["--ours-set", "train.learning_rate=1e-3"]  # a number, as `recstudio run --set` reads it
     monkeypatch.setattr(sys, "argv", argv)
     module.main()
     assert seen["split_seed"] == 7
     assert seen["name"] == "ml-100k-multidae-split7-seed3"
     assert seen["recbole_settings"] == ("latent_dimension=200", "seed=3")
-    assert seen["ours_overrides"] == {"model.dropout": 0.3, "train.seed": 3, "data.split_seed": 7}
+    assert seen["ours_overrides"] == {
+        "model.dropout": 0.3,
+        "train.learning_rate": 1e-3,
+        "train.seed": 3,
+        "data.split_seed": 7,
+    }

@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -251,12 +249,13 @@ def main() -> None:
         if not sep or "=" not in setting:
             parser.error(f"--recbole-set {item!r}: expected MODEL:key=value")
         extra[target] = extra.get(target, ()) + (setting,)
-    ours_overrides: dict[str, Any] = {}
-    for item in args.ours_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--ours-set {item!r}: expected key=value")
-        ours_overrides[key] = yaml.safe_load(value)
+    from recstudio.config import parse_set_option
+    from recstudio.errors import ConfigError
+
+    try:
+        ours_overrides: dict[str, Any] = dict(parse_set_option(item) for item in args.ours_set)
+    except ConfigError as exc:
+        parser.error(f"--ours-set: {exc}")
     if args.seed is not None:
         ours_overrides["train.seed"] = args.seed
     if args.split_seed is not None:
