@@ -220,6 +220,35 @@ def test_kmeans_assigns_each_point_to_its_nearest_centroid():
     assert c.shape == (2, 2) and sorted(a.tolist()) == [0, 1]
 
 
+def test_kmeans_stops_at_a_fixed_point_with_the_result_of_every_round(monkeypatch):
+    import recstudio.model.cluster as cluster
+
+    torch.manual_seed(1)
+    x = torch.randn(300, 4)
+    passes = []
+    nearest = cluster.nearest_centroid
+    monkeypatch.setattr(cluster, "nearest_centroid", lambda p, c: (passes.append(1), nearest(p, c))[1])
+    c_short, a_short = kmeans(x, 6, iters=200, generator=torch.Generator().manual_seed(0))
+    rounds = len(passes)
+    assert rounds < 200  # converged early
+    # without the early exit: the same start run for exactly the rounds it took, and further
+    for iters in (rounds, rounds + 5):
+        c_full, a_full = _lloyd_without_exit(x, 6, iters, torch.Generator().manual_seed(0))
+        assert torch.equal(a_full, a_short)
+        torch.testing.assert_close(c_full, c_short, rtol=0, atol=0)
+
+
+def _lloyd_without_exit(x, k, iters, generator):
+    centroids = x[torch.randperm(x.shape[0], generator=generator)[:k]].clone()
+    for _ in range(iters):
+        a = nearest_centroid(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, a, x)
+        counts = torch.bincount(a, minlength=k).to(x.dtype)
+        centroids = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1.0)[:, None], centroids)
+    return centroids, nearest_centroid(x, centroids)
+
+
+
 def test_ncl_prototypes_and_loss_by_hand(small):
     torch.manual_seed(0)
     cfg = NCL.Config(
