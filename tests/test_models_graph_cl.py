@@ -248,7 +248,6 @@ def _lloyd_without_exit(x, k, iters, generator):
     return centroids, nearest_centroid(x, centroids)
 
 
-
 def test_ncl_prototypes_and_loss_by_hand(small):
     torch.manual_seed(0)
     cfg = NCL.Config(
