@@ -27,10 +27,7 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def kmeans(
-    x: torch.Tensor,
-    k: int,
-    iters: int = 25,
-    generator: torch.Generator | None = None,
+    x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids [k, d], assignment [n]) of k-means on the rows of x [n, d]; k is clamped to n.
     ``generator`` (a CPU generator) draws the initial centroids; default: torch's global RNG."""
