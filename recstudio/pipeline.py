@@ -55,6 +55,13 @@ class RunOptions:
     """Extra Lightning callbacks (e.g. Optuna pruning)."""
     log_model: bool = True
     """Log the best model as an MLflow model (``runs:/<run id>/model``, servable; tracked runs)."""
+    save_resume_state: bool = True
+    """Keep the resumable ``last.ckpt`` (``recstudio.resume``; one device only). A study's
+    trials do not: nothing resumes a trial, and it would double their artifacts."""
+    resume: Any = None
+    """A ``recstudio.resume.ResumePoint`` to continue from (``recstudio run --resume``)."""
+    resumed_from: str | None = None
+    """What ``resume`` came from (a run id or a path), tagged on the new run."""
 
 
 def _resolve_devices(options: RunOptions) -> tuple[str, int]:
@@ -135,6 +142,23 @@ class _EpochRecorder:
             def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
                 self._v0 = time.perf_counter()
 
+            def state_dict(self) -> dict[str, Any]:
+                return {
+                    "history": self.history,
+                    "train_seconds": self.train_seconds,
+                    "valid_seconds": self.valid_seconds,
+                }
+
+            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+                """A resumed run: the earlier epochs, whose curves its MLflow run logs again."""
+                self.history = list(state_dict["history"])
+                self.train_seconds = list(state_dict["train_seconds"])
+                self.valid_seconds = list(state_dict["valid_seconds"])
+                if self.tracker is not None:
+                    for row in self.history:
+                        metrics = {k: v for k, v in row.items() if k in CURVE_KEYS or k.startswith("valid/")}
+                        self.tracker.log_metrics(metrics, step=int(row["epoch"]), synchronous=False)
+
             def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
                 # after the module's on_validation_epoch_end has computed and logged the metrics
                 if trainer.sanity_checking:
@@ -214,6 +238,12 @@ class _BestCheckpoint:
                     self.best = value
                     trainer.save_checkpoint(str(self.path), weights_only=True)
 
+            def state_dict(self) -> dict[str, Any]:
+                return {"best": self.best}
+
+            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+                self.best = state_dict["best"]
+
         return BestCheckpoint(*args, **kwargs)
 
 
@@ -230,6 +260,12 @@ def run(
     if data is None:
         data = prepare_for(cfg, options)
     timings["data_seconds"] = time.perf_counter() - t0
+    if options.resume is not None and options.resume.cache_key != data.cache_key:
+        raise ConfigError(
+            f"--resume: the data changed since the checkpoint (its cache key "
+            f"{options.resume.cache_key[:16]}, now {str(data.cache_key)[:16]}): a resumed run must "
+            "train on the same prepared data"
+        )
 
     tracker = None
     if options.tracking:
@@ -245,6 +281,8 @@ def run(
         commit = git_commit()
         if commit:
             tags["git.commit"] = commit
+        if options.resumed_from:
+            tags["recstudio.resumed_from"] = options.resumed_from
         tracker = Tracker(
             options.tracking_uri,
             experiment=options.experiment,
@@ -440,6 +478,8 @@ class TrainResult:
     """Why training ended: ``epochs`` (train.epochs ran), ``early_stopping`` or ``max_minutes``."""
     model_uri: str | None = None
     """The servable MLflow model (``runs:/<run id>/model``), when the run logged one."""
+    resume_checkpoint: str | None = None
+    """Where the resumable ``last.ckpt`` is (``recstudio run --resume``), when the run kept one."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -456,6 +496,7 @@ class TrainResult:
             "model_size": self.model_size,
             "stopped": self.stopped,
             "model_uri": self.model_uri,
+            "resume_checkpoint": self.resume_checkpoint,
         }
 
 
@@ -577,6 +618,14 @@ def _early_stopping(cfg: ResolvedConfig, maximize: bool) -> Any:
                 return False, None
             return should_stop, reason
 
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            # a resumed run keeps the count of checks without improvement, under its own
+            # patience (a larger one continues a run that early stopping ended)
+            patience = self.patience
+            super().load_state_dict(state_dict)
+            self.patience = patience
+            self.stopped_epoch = 0
+
     return _HeldEarlyStopping(
         monitor="monitor",
         mode="max" if maximize else "min",
@@ -595,12 +644,25 @@ def _stop_reason(trainer: Any, early_stopping: Any, timer: Any, epochs: int, cfg
     return "epochs"
 
 
-def _fit(trainer: Any, model: Any, train_batches: Any, valid_loader: Any, cfg: ResolvedConfig) -> None:
-    """``trainer.fit`` with Ctrl-C and out-of-memory turned into what callers expect."""
+def _fit(
+    trainer: Any,
+    model: Any,
+    train_batches: Any,
+    valid_loader: Any,
+    cfg: ResolvedConfig,
+    ckpt_path: Path | None = None,
+) -> None:
+    """``trainer.fit`` (from ``ckpt_path`` when resuming) with Ctrl-C and out-of-memory turned
+    into what callers expect."""
     import torch
 
     try:
-        trainer.fit(model, train_dataloaders=train_batches, val_dataloaders=valid_loader)
+        trainer.fit(
+            model,
+            train_dataloaders=train_batches,
+            val_dataloaders=valid_loader,
+            ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
+        )
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory while training {cfg.model_name}: {exc}") from exc
     except SystemExit:
@@ -660,6 +722,11 @@ def train_and_test(
     ckpt_root = Path(options.checkpoint_dir or tempfile.mkdtemp(prefix="recstudio-ckpt-"))
     ckpt_root.mkdir(parents=True, exist_ok=True)
     best_path = ckpt_root / "best.ckpt"
+    resume_from = None
+    if options.resume is not None:
+        # the best epoch's weights are put back as best.ckpt; the views draw from the next epoch
+        resume_from = options.resume.write_for_fit(ckpt_root)
+        train_batches.set_epoch(options.resume.epoch + 1)
     maximize = higher_is_better(cfg.train.monitor)
     recorder = _EpochRecorder(tracker, cfg.train.monitor)
     checkpoint = _BestCheckpoint(best_path, maximize)
@@ -677,18 +744,33 @@ def train_and_test(
         # checked at each epoch's end (after its validation), so no epoch is cut short
         timer = Timer(duration=timedelta(minutes=cfg.train.max_minutes), interval="epoch")
         callbacks.append(timer)
+    last_path = None
+    trainable = any(p.requires_grad for p in model.parameters())  # closed-form: nothing to resume
+    if options.save_resume_state and world_size == 1 and trainable:
+        from recstudio.resume import LAST_CHECKPOINT, LastCheckpoint
+
+        last_path = ckpt_root / LAST_CHECKPOINT
+        callbacks.append(LastCheckpoint(last_path, cfg.to_yaml(), data.cache_key, best_path))
     trainer = _trainer(
         cfg, options, callbacks, ckpt_root, has_valid, len(train_batches), rank, world_size, port
     )
     t0 = time.perf_counter()
-    _fit(trainer, model, train_batches, valid_loader if has_valid else None, cfg)
+    try:
+        _fit(trainer, model, train_batches, valid_loader if has_valid else None, cfg, resume_from)
+    except BaseException:
+        _keep_resume_state(tracker, last_path, interrupted=True)
+        raise
     timings["fit_seconds"] = time.perf_counter() - t0
-    stopped = _stop_reason(trainer, early_stopping, timer, len(recorder.train_seconds), cfg)
+    epochs_run = len(recorder.train_seconds)
+    stopped = _stop_reason(trainer, early_stopping, timer, epochs_run, cfg)
     if stopped == "max_minutes" and rank == 0:
         log.info(
             "%s: training stopped by train.max_minutes=%g after %d epochs",
-            cfg.model_name, cfg.train.max_minutes, len(recorder.train_seconds),
+            cfg.model_name,
+            cfg.train.max_minutes,
+            epochs_run,
         )
+    resume_location = _keep_resume_state(tracker, last_path, interrupted=False)
 
     # ---------------------------------------------------------------- best checkpoint -> test
     if checkpoint.best is None:  # no validation (or no finite value): the last weights
@@ -719,6 +801,7 @@ def train_and_test(
         timings=timings,
         model_size=state_size(model),
         stopped=stopped,
+        resume_checkpoint=resume_location,
     )
     if tracker is not None:
         tracker.log_metrics(final_metrics(result, cfg.train.monitor), step=result.best_epoch)
@@ -729,6 +812,26 @@ def train_and_test(
             result.model_uri = _log_served_model(tracker, cfg, data, best_path, model)
             timings["model_log_seconds"] = time.perf_counter() - t0
     return result
+
+
+def _keep_resume_state(tracker: Any, last_path: Path | None, interrupted: bool) -> str | None:
+    """Log the resumable ``last.ckpt`` as the run's ``resume/last.ckpt`` (when tracked) and say
+    how to continue an interrupted run; returns where it is. Never fails the run."""
+    from recstudio.resume import RESUME_ARTIFACT_DIR
+
+    if last_path is None or not last_path.is_file():
+        return None
+    location = str(last_path)
+    if tracker is not None:
+        try:
+            tracker.log_artifact(str(last_path), RESUME_ARTIFACT_DIR)
+            location = tracker.artifact_location(f"{RESUME_ARTIFACT_DIR}/{last_path.name}")
+        except Exception as exc:  # noqa: BLE001 - the local file still resumes
+            log.warning("could not log the resumable checkpoint %s: %s", last_path, exc)
+    if interrupted:
+        source = tracker.run_id if tracker is not None else str(last_path)
+        log.warning("training can continue from its last saved epoch: recstudio run --resume %s", source)
+    return location
 
 
 def _log_served_model(

@@ -102,7 +102,7 @@ def test_run_json_and_mlflow_record(workdir: Path):
     assert run.data.metrics["model_size"] == result["model_size"] > 0
     assert result["model_size"] % 16 == 0
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
-    assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
+    assert {"config.yaml", "metrics.json", "checkpoints", "resume"} <= artifacts  # resume/last.ckpt
     # the prepared data is the run's MLflow dataset input (the runs table's Dataset column)
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "toy" and inp.dataset.digest == result["cache_key"][:16]
@@ -261,8 +261,13 @@ def test_max_minutes_stops_after_a_whole_epoch_and_tests_the_best(workdir: Path)
 
     spec = write_toy_dataset(workdir)
     result = recstudio.run(
-        model="BPR", dataset=str(spec), train__epochs=10_000, train__max_minutes=1e-4,
-        train__early_stop_patience=0, model__embed_dim=8, quiet=True,
+        model="BPR",
+        dataset=str(spec),
+        train__epochs=10_000,
+        train__max_minutes=1e-4,
+        train__early_stop_patience=0,
+        model__embed_dim=8,
+        quiet=True,
     )
     assert result["stopped"] == "max_minutes"
     assert 1 <= result["epochs"] < 10_000 and result["best_epoch"] < result["epochs"]

@@ -165,6 +165,8 @@ def test_states_agree_between_optuna_and_mlflow(workdir: Path, patched_bpr: None
     assert study.trials[4].user_attrs["error"] == "RuntimeError: injected failure"
     artifacts = [a.path for a in client.list_artifacts(raise_run.info.run_id)]
     assert "traceback.txt" in artifacts
+    # nothing resumes a trial: no trial keeps the resumable last.ckpt
+    assert all(not client.list_artifacts(r.info.run_id, "resume") for r in runs.values())
     trace = client.download_artifacts(raise_run.info.run_id, "traceback.txt", str(workdir))
     assert "injected failure" in Path(trace).read_text()
 

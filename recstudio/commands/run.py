@@ -118,6 +118,15 @@ def parse_devices(devices: str) -> int | str:
     help="Do not log the servable MLflow model (runs:/RUN_ID/model: weights, config, id vocabularies, "
     "data and item index); metrics and the checkpoint are still logged.",
 )
+@click.option(
+    "--resume",
+    "resume_source",
+    metavar="RUN_ID|PATH",
+    help="Continue a run from its last saved epoch: an MLflow run id (its resume/last.ckpt) or a "
+    "last.ckpt file. Model, dataset and config come from the checkpoint; only train.epochs, "
+    "train.max_minutes, train.early_stop_patience and train.min_epochs may change. Trains as the "
+    "uninterrupted run would have, as a new run tagged recstudio.resumed_from.",
+)
 @config_flags()
 def run_command(
     model,
@@ -136,6 +145,7 @@ def run_command(
     verbose,
     no_tracking,
     no_log_model,
+    resume_source,
     config_flags,
 ) -> None:
     """Train and evaluate one model with full-ranking metrics, tracked as an MLflow run.
@@ -145,11 +155,28 @@ def run_command(
       recstudio run -m BPR -d ml-100k
       recstudio run -m SASRec -d ml-100k --epochs 50 --set model.num_layers=1
       recstudio run -m BPR -d my_spec.yaml --config exp.yaml --json
+      recstudio run --resume RUN_ID --max-minutes 60
     """
     from recstudio.cli import setup_logging
 
     setup_logging(quiet=quiet or as_json, verbose=verbose)
-    cfg = resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags)
+    resume = None
+    if resume_source:
+        import tempfile
+        from pathlib import Path
+
+        from recstudio.errors import ConfigError
+        from recstudio.resume import locate, resolve_resumed
+
+        if parse_devices(devices) not in ("auto", 1):
+            raise ConfigError("--resume continues a run on one device (--devices 1)")
+        workdir = Path(tempfile.mkdtemp(prefix="recstudio-resume-"))
+        resume = locate(resume_source, tracking_uri, workdir)
+        cfg = resolve_resumed(
+            resume, model, dataset, data_dir, config_files, set_items, config_flags, workdir
+        )
+    else:
+        cfg = resolve_from_cli(model, dataset, data_dir, config_files, set_items, config_flags)
 
     from recstudio.pipeline import RunOptions, run
 
@@ -165,6 +192,8 @@ def run_command(
         quiet=quiet or as_json,
         verbose=verbose,
         progress=progress,
+        resume=resume,
+        resumed_from=resume_source,
     )
     # Lightning writes its progress bar to stdout; keep stdout for the JSON result only
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
@@ -212,3 +241,7 @@ def print_summary(result: dict[str, Any]) -> None:
     click.echo(f"  checkpoint {result['checkpoint']}")
     if result.get("model_uri"):
         click.echo(f"  model {result['model_uri']}  (recstudio recommend --model URI; mlflow models serve)")
+    if result.get("resume_checkpoint") and result.get("stopped") in ("max_minutes", "epochs"):
+        source = result.get("run_id") or result["resume_checkpoint"]
+        hint = f"recstudio run --resume {source} [--epochs N]"
+        click.echo(f"  stopped by {result['stopped']}; to train on: {hint}")

@@ -197,6 +197,13 @@ class Recommender(pl.LightningModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         self._step_optimizers = dict(zip(self.data_needs.optimizers, optimizers))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed run (recstudio.resume) counts its steps on from here
+        checkpoint["recstudio_optimizer_steps"] = self.optimizer_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.optimizer_steps = int(checkpoint.get("recstudio_optimizer_steps", 0))
+
     def on_train_epoch_start(self) -> None:
         self._epoch_loss_sum = None
         self._epoch_loss_count = 0

@@ -239,6 +239,7 @@ class Objective:
             extra_tags=tags,
             accelerator=s.accelerator,
             devices=s.devices,
+            save_resume_state=False,  # nothing resumes a trial
             quiet=True,
             verbose=s.verbose,
             progress="lines" if s.progress == "auto" else s.progress,
