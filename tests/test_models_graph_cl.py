@@ -116,6 +116,11 @@ def test_simgcl_noise_has_norm_eps_and_the_sign_of_x():
     assert (delta * torch.sign(x) >= 0).all()  # the noise never points against x
     assert ((out.sign() == x.sign()) | (x == 0)).all()  # no coordinate flips sign
     assert not torch.allclose(perturb(x, 0.1), out)  # fresh noise per call
+    # the shift is a constant for autograd (sign' = 0): the gradient reaches x unchanged
+    leaf = x.clone().requires_grad_()
+    upstream = torch.randn(50, 16)
+    perturb(leaf, 0.1).backward(upstream)
+    assert torch.equal(leaf.grad, upstream)
 
 
 def test_noisy_layers_perturb_each_propagated_layer(small):
