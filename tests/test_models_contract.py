@@ -122,6 +122,38 @@ def test_model_declares_its_metadata(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_model_resumes_as_if_never_stopped(name, tmp_path):
+    """``recstudio run --resume``: 1 epoch, then 1 more from its last.ckpt, equals 2 epochs to
+    the bit (weights and test metrics); a closed-form model keeps no resume state."""
+    from recstudio.experiment import resolve_config
+    from recstudio.pipeline import RunOptions, run
+    from recstudio.resume import ResumePoint
+
+    data = data_for(name)
+    fast = {k: v for k, v in FAST.get(name, {}).items() if k not in ("epochs", "min_epochs")}
+
+    def train(epochs: int, folder: str, resume=None) -> dict:  # noqa: ANN001
+        overrides = {**fast, "epochs": epochs, "early_stop_patience": 5, "min_epochs": 0}
+        cfg = resolve_config(model=name, dataset="planted", overrides=overrides)
+        options = RunOptions(
+            tracking=False, quiet=True, progress="none", checkpoint_dir=str(tmp_path / folder), resume=resume
+        )
+        return run(cfg, options, data=data)
+
+    whole = train(2, "whole")
+    first = train(1, "first")
+    if first["resume_checkpoint"] is None:
+        model = get_model_class(name)
+        assert not any(p.requires_grad for p in model(model.Config(), data).parameters()), name
+        return
+    rest = train(2, "rest", ResumePoint(tmp_path / "first" / "last.ckpt"))
+    assert rest["test"] == whole["test"], name
+    a = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "rest" / "last.ckpt", weights_only=True)["state_dict"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == [], name
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_model_learns_planted_structure(name):
     data = data_for(name)
     overrides = {**BUDGET, **FAST.get(name, {})}
