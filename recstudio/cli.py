@@ -69,6 +69,8 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         "urllib3",
     ):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # MLflow draws a bar for every artifact download (logging a model does one)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

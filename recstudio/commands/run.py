@@ -127,6 +127,15 @@ def parse_devices(devices: str) -> int | str:
     "train.max_minutes, train.early_stop_patience and train.min_epochs may change. Trains as the "
     "uninterrupted run would have, as a new run tagged recstudio.resumed_from.",
 )
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train N times with seeds train.seed, train.seed+1, ... on the same data and report each "
+    "run and the mean +- standard deviation (tracked: N child runs under one parent run whose "
+    "test_* metrics are the means, with *_std beside them).",
+)
 @config_flags()
 def run_command(
     model,
@@ -146,6 +155,7 @@ def run_command(
     no_tracking,
     no_log_model,
     resume_source,
+    repeat,
     config_flags,
 ) -> None:
     """Train and evaluate one model with full-ranking metrics, tracked as an MLflow run.
@@ -156,11 +166,16 @@ def run_command(
       recstudio run -m SASRec -d ml-100k --epochs 50 --set model.num_layers=1
       recstudio run -m BPR -d my_spec.yaml --config exp.yaml --json
       recstudio run --resume RUN_ID --max-minutes 60
+      recstudio run -m LightGCN -d ml-100k --repeat 3
     """
     from recstudio.cli import setup_logging
 
     setup_logging(quiet=quiet or as_json, verbose=verbose)
     resume = None
+    if resume_source and repeat > 1:
+        from recstudio.errors import ConfigError
+
+        raise ConfigError("--resume continues one run: it does not go with --repeat")
     if resume_source:
         import tempfile
         from pathlib import Path
@@ -197,6 +212,16 @@ def run_command(
     )
     # Lightning writes its progress bar to stdout; keep stdout for the JSON result only
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    if repeat > 1:
+        from recstudio.repeat import run_repeated
+
+        with redirect:
+            repeated = run_repeated(cfg, options, repeat)
+        if as_json:
+            click.echo(json.dumps(repeated, default=str))
+        else:
+            print_repeat_summary(repeated)
+        return
     with redirect:
         result = run(cfg, options)
     if as_json:
@@ -245,3 +270,29 @@ def print_summary(result: dict[str, Any]) -> None:
         source = result.get("run_id") or result["resume_checkpoint"]
         hint = f"recstudio run --resume {source} [--epochs N]"
         click.echo(f"  stopped by {result['stopped']}; to train on: {hint}")
+
+
+def print_repeat_summary(repeated: dict[str, Any]) -> None:
+    """One line per seed, then every test metric as mean +- sample standard deviation."""
+    seeds = repeated["seeds"]
+    click.echo(f"model {repeated['model']} on {repeated['dataset']}: {len(seeds)} seeds")
+    for seed, result in zip(seeds, repeated["runs"], strict=True):
+        test = result["test"]
+        shown = "  ".join(f"{k} {test[k]:.4f}" for k in ("ndcg@10", "recall@10", "auc") if k in test)
+        where = f"best epoch {result['best_epoch'] + 1} of {result['epochs']}"
+        click.echo(f"  seed {seed}: {where}  test {shown}")
+    mean, std = repeated["mean"], repeated["std"]
+    test = {k.removeprefix("test/"): k for k in mean if k.startswith("test/")}
+    cutoffs = sorted({int(k.rsplit("@", 1)[1]) for k in test if "@" in k})
+    names = sorted({k.rsplit("@", 1)[0] for k in test if "@" in k})
+    click.echo("  test, mean +- standard deviation over the seeds:")
+    click.echo(f"    {'':12s}" + "".join(f"{'@' + str(c):>19s}" for c in cutoffs))
+    for name in names:
+        cells = [test.get(f"{name}@{c}") for c in cutoffs]
+        row = "".join(f"{mean[k]:9.4f} +- {std[k]:.4f}" if k else f"{'-':>19s}" for k in cells)
+        click.echo(f"    {name:12s}{row}")
+    for metric, key in sorted(test.items()):
+        if "@" not in metric:
+            click.echo(f"    {metric:12s}{mean[key]:9.4f} +- {std[key]:.4f}")
+    if repeated.get("parent_run_id"):
+        click.echo(f"  MLflow parent run {repeated['parent_run_id']}  (recstudio ui to browse)")
