@@ -18,8 +18,8 @@ products per step, not one per layer. Evaluation propagates the main view once p
 Defaults are the authors' code's (``parser.py``): embedding 64, 2 layers, rank q = 5,
 temperature 0.2, lambda1 (``cl_weight``) 0.2, lambda2 (``reg_weight``) 1e-7, edge dropout 0.0,
 learning rate 1e-3, Xavier-uniform initialisation. Departures, on purpose: the InfoNCE positive
-is not clipped to [-5, 5] (the authors' code clamps it; here it is plain softmax cross-entropy,
-``loss.FullSoftmaxLoss``, with the padding row left out of the denominator); batches are the
+is not clipped to [-5, 5] (the authors' code clamps it; here it is plain softmax cross-entropy
+over dot products, ``loss.contrastive_loss``, with the padding row left out); batches are the
 project's (user, positive, negative) triplets of 2048 instead of 256 users with their pairs;
 negatives exclude the user's training items. RecBole 1.2.1 has no LightGCL.
 """
@@ -35,7 +35,7 @@ from torch import nn
 from recstudio.config import EvalConfig, TrainConfig
 from recstudio.data.dataset import PreparedData
 from recstudio.model.graph import LowRankBipartite, PropagatedTwoTower, normalized_adjacency, split_nodes
-from recstudio.model.loss import FullSoftmaxLoss
+from recstudio.model.loss import contrastive_loss
 from recstudio.model.ops import gather_rows, user_item_tables
 from recstudio.model.parts import RankingParts
 from recstudio.model.registry import register
@@ -103,7 +103,6 @@ class LightGCL(PropagatedTwoTower):
         self.adjacency = normalized_adjacency(train.user, train.item, data.num_users, data.num_items)
         rank = min(config.rank, data.num_users, data.num_items)
         self.svd_view = LowRankBipartite(train.user, train.item, data.num_users, data.num_items, rank)
-        self.cl_loss = FullSoftmaxLoss(config.cl_temperature)
         self.build_ranking_parts(data, dim=d)
 
     def main_view(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,12 +122,13 @@ class LightGCL(PropagatedTwoTower):
         total = self.main_view()[0]
         return split_nodes(total, self.num_users)
 
-    def contrastive_loss(self, main: torch.Tensor, svd: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    def svd_contrast(self, main: torch.Tensor, svd: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """InfoNCE of each node's SVD view against the main views of all nodes of its side
-        (``main``/``svd`` [n, d]; ``nodes``: the batch's distinct ids), padding row excluded."""
-        logits = svd[nodes] @ main.T
-        logits[:, 0] = -torch.inf
-        return self.cl_loss(logits, nodes)
+        (``main``/``svd`` [n, d]; ``nodes``: the batch's distinct ids), padding row 0 left out
+        of the candidates (ids >= 1, so node n is candidate n - 1)."""
+        return contrastive_loss(
+            svd[nodes], main[1:], self.config.cl_temperature, target=nodes - 1, similarity="dot"
+        )
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users, pos = batch["user"], batch["item"]
@@ -140,8 +140,8 @@ class LightGCL(PropagatedTwoTower):
         if c.cl_weight > 0:
             svd = torch.cat([self.user_emb.weight, self.item_emb.weight]) + self.svd_view(inner)
             svd_users, svd_items = split_nodes(svd, self.num_users)
-            cl = self.contrastive_loss(user_table, svd_users, torch.unique(users))
-            cl = cl + self.contrastive_loss(item_table, svd_items, torch.unique(scored))
+            cl = self.svd_contrast(user_table, svd_users, torch.unique(users))
+            cl = cl + self.svd_contrast(item_table, svd_items, torch.unique(scored))
             loss = loss + c.cl_weight * cl
         if c.reg_weight > 0:
             loss = loss + c.reg_weight * (
