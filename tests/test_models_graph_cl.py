@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recstudio.config import TrainConfig
 from recstudio.errors import ConfigError
@@ -162,6 +163,26 @@ def test_contrastive_loss_by_hand():
     torch.testing.assert_close(contrastive_loss(a, b, t, target), torch.tensor(want / 3))
     with pytest.raises(ConfigError, match="temperature"):
         contrastive_loss(a, b, 0.0)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_contrastive_loss_blocked_path_matches_the_plain_formula(similarity, with_target):
+    """float32 anchors take the row-blocked full softmax (no [B, N] logits); its value and both
+    gradients equal the plain cross-entropy formula computed in float64."""
+    torch.manual_seed(0)
+    a, c = torch.randn(300, 16), torch.randn(700 if with_target else 300, 16)
+    target = torch.randint(0, c.shape[0], (300,)) if with_target else None
+    a32, c32 = a.clone().requires_grad_(), c.clone().requires_grad_()
+    got = contrastive_loss(a32, c32, 0.2, target, similarity=similarity)
+    got.backward()
+    a64, c64 = a.double().requires_grad_(), c.double().requires_grad_()
+    x, y = (F.normalize(a64, dim=-1), F.normalize(c64, dim=-1)) if similarity == "cosine" else (a64, c64)
+    want = F.cross_entropy(x @ y.T / 0.2, target if with_target else torch.arange(300))
+    want.backward()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a32.grad.double(), a64.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(c32.grad.double(), c64.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_view_contrast_counts_each_node_once():
