@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -811,6 +812,10 @@ def train_and_test(
             t0 = time.perf_counter()
             result.model_uri = _log_served_model(tracker, cfg, data, best_path, model)
             timings["model_log_seconds"] = time.perf_counter() - t0
+        logged = last_path is None or resume_location != str(last_path)
+        if options.checkpoint_dir is None and world_size == 1 and logged:
+            # the checkpoints are the run's artifacts now: leave no temporary folder behind
+            shutil.rmtree(ckpt_root, ignore_errors=True)
     return result
 
 

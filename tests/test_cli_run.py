@@ -368,3 +368,27 @@ def test_cache_dir_option_and_help_that_says_what_works(workdir: Path, capsys) -
         assert "sqlite:///./mlruns/mlflow.db" in text and "or ./mlruns)" not in text, command
     tune_help = CliRunner().invoke(group, ["tune", "--help"]).output
     assert "postgresql+psycopg://" in tune_help and "postgresql://" not in tune_help
+
+
+def test_a_tracked_run_leaves_no_temporary_checkpoint_folder(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its checkpoints are MLflow artifacts; an untracked run keeps its folder (the result
+    points there)."""
+    import tempfile
+
+    from recstudio.experiment import resolve_config
+    from recstudio.pipeline import RunOptions, run
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cfg = resolve_config(model="BPR", dataset="planted", overrides={"epochs": 2})
+    data = planted_data(num_users=40, num_items=20, seed=1)
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    tracked = run(cfg, RunOptions(tracking_uri=uri, quiet=True, progress="none", log_model=False), data=data)
+    assert Path(tracked["checkpoint"]).is_file() and Path(tracked["resume_checkpoint"]).is_file()
+    assert not list(scratch.glob("recstudio-ckpt-*"))
+    untracked = run(cfg, RunOptions(tracking=False, quiet=True, progress="none"), data=data)
+    (folder,) = scratch.glob("recstudio-ckpt-*")
+    assert Path(untracked["checkpoint"]).parent == folder
