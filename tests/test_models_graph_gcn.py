@@ -219,6 +219,18 @@ def test_lightgcl_contrastive_loss_is_softmax_over_all_nodes():
 # --------------------------------------------------------------------------- DGCF
 
 
+def test_edge_dot_in_blocks_equals_the_whole_gather(monkeypatch):
+    import recstudio.model.graph as graph
+
+    torch.manual_seed(0)
+    a, b = torch.randn(50, 4, 8), torch.randn(50, 4, 8)
+    row, col = torch.randint(0, 50, (1000,)), torch.randint(0, 50, (1000,))
+    want = (a[row] * b[col]).sum(-1)
+    monkeypatch.setattr(graph, "EDGE_CPU_BLOCK_ELEMENTS", 7 * 32)  # 7 edges a block, 143 blocks
+    got = graph.edge_dot(a, b, row, col)
+    assert got.shape == (1000, 4) and torch.equal(got, want)
+
+
 def tiny_edges():
     user, item = torch.tensor([1, 1, 2, 2, 3]), torch.tensor([1, 2, 2, 3, 1])
     row, col = bipartite_edges(user, item, 4, 4)
